@@ -1,0 +1,51 @@
+"""Timing helpers shared by the benchmarks: median of repeated runs after warm-up."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def setup(threads: int = 2) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(threads)
+
+
+def median_ms(fn: Callable[[], object], repeats: int = 10, warmup: int = 3) -> float:
+    """Median wall time of ``fn()`` in milliseconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def interleaved_median_ms(
+    fns: dict[str, Callable[[], object]], repeats: int = 10, warmup: int = 3
+) -> dict[str, float]:
+    """Median times of several functions run in alternation, so machine noise hits all alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[key].append((time.perf_counter() - start) * 1000)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def machine() -> str:
+    return (
+        f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
