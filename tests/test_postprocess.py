@@ -1,0 +1,228 @@
+"""Post-processing: top-k, decoding, clipping, hard and soft NMS, mapping to original pixels."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from efficientdet.anchors import generate_anchors
+from efficientdet.boxes import box_iou, encode, flatten_level_outputs
+from efficientdet.config import AnchorConfig
+from efficientdet.postprocess import (
+    PostprocessConfig,
+    letterbox_to_original,
+    postprocess,
+    select_top_k,
+    soft_nms,
+)
+
+INPUT_SIZE = (128, 256)  # (H, W)
+LEVELS = (3, 7)
+NUM_CLASSES = 3
+ANCHORS = generate_anchors(INPUT_SIZE, *LEVELS, AnchorConfig())
+
+
+def to_levels(flat: torch.Tensor, num_anchors: int = 9) -> list[torch.Tensor]:
+    """``[B, N, K]`` in anchor order -> per level ``[B, A*K, H, W]`` (the model's layout)."""
+    out, start = [], 0
+    batch, _, k = flat.shape
+    for level in range(LEVELS[0], LEVELS[1] + 1):
+        h, w = INPUT_SIZE[0] // 2**level, INPUT_SIZE[1] // 2**level
+        n = h * w * num_anchors
+        block = flat[:, start : start + n].reshape(batch, h, w, num_anchors * k)
+        out.append(block.permute(0, 3, 1, 2).contiguous())
+        start += n
+    return out
+
+
+def planted_outputs(
+    boxes: torch.Tensor, labels: list[int], logits: list[float], batch: int = 1
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Raw outputs that predict ``boxes`` (input pixels) from their best anchors, all else
+    background (logit -10, score below the default threshold)."""
+    cls = torch.full((batch, ANCHORS.shape[0], NUM_CLASSES), -10.0)
+    deltas = torch.zeros(batch, ANCHORS.shape[0], 4)
+    anchor_index = box_iou(boxes, ANCHORS).argmax(dim=1)
+    assert len(set(anchor_index.tolist())) == len(labels)
+    for box, n, label, logit in zip(boxes, anchor_index.tolist(), labels, logits, strict=True):
+        cls[:, n, label] = logit
+        deltas[:, n] = encode(box, ANCHORS[n])
+    return to_levels(cls), to_levels(deltas)
+
+
+def test_planted_boxes_come_back_in_original_pixels_of_a_non_square_image() -> None:
+    original_size = (60, 150)  # (H, W): letterboxed into 128 x 256 with scale 256 / 150
+    scale = min(INPUT_SIZE[0] / original_size[0], INPUT_SIZE[1] / original_size[1])
+    original = torch.tensor(
+        [[10.0, 5.0, 70.0, 50.0], [80.0, 20.0, 140.0, 55.0], [100.0, 2.0, 112.0, 30.0]]
+    )
+    cls, box = planted_outputs(original * scale, labels=[2, 0, 2], logits=[4.0, 5.0, 3.0])
+    (det,) = postprocess(cls, box, ANCHORS, NUM_CLASSES, INPUT_SIZE)
+    assert det["labels"].dtype == torch.int64
+    assert det["labels"].tolist() == [0, 2, 2]  # by decreasing score
+    torch.testing.assert_close(det["scores"], torch.sigmoid(torch.tensor([5.0, 4.0, 3.0])))
+    mapped = letterbox_to_original(det["boxes"], scale, original_size)
+    torch.testing.assert_close(mapped, original[[1, 0, 2]], rtol=0, atol=1e-3)
+
+
+def test_boxes_are_clipped_to_the_input() -> None:
+    cls, box = planted_outputs(torch.tensor([[200.0, 80.0, 300.0, 150.0]]), [1], [2.0])
+    (det,) = postprocess(cls, box, ANCHORS, NUM_CLASSES, INPUT_SIZE)
+    torch.testing.assert_close(
+        det["boxes"], torch.tensor([[200.0, 80.0, 256.0, 128.0]]), rtol=0, atol=1e-3
+    )
+
+
+def test_score_threshold_and_empty_output() -> None:
+    cls, box = planted_outputs(torch.tensor([[10.0, 10.0, 60.0, 60.0]]), [1], [-3.0])  # 0.047
+    (det,) = postprocess(
+        cls, box, ANCHORS, NUM_CLASSES, INPUT_SIZE, PostprocessConfig(score_threshold=0.05)
+    )
+    assert (
+        det["boxes"].shape == (0, 4) and det["scores"].shape == (0,) and det["labels"].shape == (0,)
+    )
+    (det,) = postprocess(
+        cls, box, ANCHORS, NUM_CLASSES, INPUT_SIZE, PostprocessConfig(score_threshold=0.04)
+    )
+    assert det["labels"].tolist() == [1]
+
+
+def two_overlapping_boxes(same_class: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    # IoU 0.6 between the two (the second is the top 60% of the first).
+    boxes = torch.tensor([[40.0, 40.0, 104.0, 104.0], [40.0, 40.0, 104.0, 78.4]])
+    first_anchor = box_iou(boxes[:1], ANCHORS).argmax()
+    cls = torch.full((1, ANCHORS.shape[0], NUM_CLASSES), -10.0)
+    deltas = torch.zeros(1, ANCHORS.shape[0], 4)
+    second_anchor = first_anchor + 1  # any other anchor: the deltas place the box
+    for n, b, label, logit in (
+        (first_anchor, boxes[0], 1, 2.0),
+        (second_anchor, boxes[1], 1 if same_class else 0, 1.0),
+    ):
+        cls[0, n, label] = logit
+        deltas[0, n] = encode(b, ANCHORS[n])
+    return to_levels(cls), to_levels(deltas)
+
+
+def test_hard_nms_drops_and_soft_nms_decays_overlaps() -> None:
+    cls, box = two_overlapping_boxes(same_class=True)
+    (hard,) = postprocess(cls, box, ANCHORS, NUM_CLASSES, INPUT_SIZE, PostprocessConfig(nms="hard"))
+    assert hard["scores"].tolist() == pytest.approx([torch.sigmoid(torch.tensor(2.0)).item()])
+    (soft,) = postprocess(cls, box, ANCHORS, NUM_CLASSES, INPUT_SIZE, PostprocessConfig(nms="soft"))
+    s1, s2 = torch.sigmoid(torch.tensor([2.0, 1.0])).tolist()
+    assert soft["scores"].tolist() == pytest.approx([s1, s2 * math.exp(-(0.6**2) / 0.5)], rel=1e-4)
+    torch.testing.assert_close(
+        soft["boxes"],
+        torch.tensor([[40.0, 40.0, 104.0, 104.0], [40.0, 40.0, 104.0, 78.4]]),
+        rtol=0,
+        atol=1e-3,
+    )
+
+
+def test_nms_is_class_aware() -> None:
+    cls, box = two_overlapping_boxes(same_class=False)
+    s1, s2 = torch.sigmoid(torch.tensor([2.0, 1.0])).tolist()
+    for method in ("hard", "soft"):
+        (det,) = postprocess(
+            cls, box, ANCHORS, NUM_CLASSES, INPUT_SIZE, PostprocessConfig(nms=method)
+        )
+        assert det["labels"].tolist() == [1, 0]
+        assert det["scores"].tolist() == pytest.approx([s1, s2])
+
+
+def test_top_k_happens_before_nms() -> None:
+    boxes = torch.tensor(
+        [[0.0, 0.0, 40.0, 40.0], [100.0, 0.0, 140.0, 40.0], [200.0, 60.0, 240.0, 100.0]]
+    )
+    cls, box = planted_outputs(boxes, [0, 1, 2], [3.0, 2.0, 1.0])
+    for method in ("hard", "soft"):
+        config = PostprocessConfig(nms=method, pre_nms_top_k=2)
+        (det,) = postprocess(cls, box, ANCHORS, NUM_CLASSES, INPUT_SIZE, config)
+        assert det["labels"].tolist() == [0, 1]
+        (det,) = postprocess(
+            cls, box, ANCHORS, NUM_CLASSES, INPUT_SIZE, PostprocessConfig(nms=method)
+        )
+        assert det["labels"].tolist() == [0, 1, 2]
+
+
+def test_max_detections() -> None:
+    g = torch.Generator().manual_seed(0)
+    cls = to_levels(torch.randn(2, ANCHORS.shape[0], NUM_CLASSES, generator=g))
+    box = to_levels(torch.randn(2, ANCHORS.shape[0], 4, generator=g) * 0.1)
+    for method in ("hard", "soft"):
+        config = PostprocessConfig(nms=method, max_detections=7)
+        dets = postprocess(cls, box, ANCHORS, NUM_CLASSES, INPUT_SIZE, config)
+        assert len(dets) == 2
+        for det in dets:
+            assert det["boxes"].shape == (7, 4)
+            assert (det["scores"][:-1] >= det["scores"][1:]).all()
+            assert det["labels"].min() >= 0 and det["labels"].max() < NUM_CLASSES
+
+
+@pytest.mark.parametrize("k", [1, 37, 500, 10**6])
+def test_select_top_k_equals_a_full_sort(k: int) -> None:
+    g = torch.Generator().manual_seed(k)
+    logits = torch.randn(2, ANCHORS.shape[0], NUM_CLASSES, generator=g)
+    scores, anchor_index, labels = select_top_k(to_levels(logits), NUM_CLASSES, k)
+    expected = logits.reshape(2, -1).topk(min(k, logits[0].numel()), dim=1).values.sigmoid()
+    torch.testing.assert_close(scores.sort(dim=1, descending=True).values, expected)
+    # Each candidate's (anchor, label) points at its own logit.
+    picked = logits[torch.arange(2).unsqueeze(1), anchor_index, labels]
+    torch.testing.assert_close(picked.sigmoid(), scores)
+    flat = flatten_level_outputs(to_levels(logits), NUM_CLASSES)
+    assert torch.equal(flat, logits)
+
+
+def test_soft_nms_single_image_api() -> None:
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 5.0], [50.0, 50.0, 60.0, 60.0]])
+    scores = torch.tensor([0.9, 0.8, 0.3])
+    labels = torch.tensor([0, 0, 0])
+    keep, new_scores = soft_nms(boxes, scores, labels, sigma=0.5)
+    assert keep.tolist() == [0, 1, 2]  # 0.8 * exp(-0.25 / 0.5) = 0.485 stays above 0.3
+    torch.testing.assert_close(new_scores, torch.tensor([0.9, 0.8 * math.exp(-0.5), 0.3]))
+    keep, _ = soft_nms(boxes, scores, labels, score_threshold=0.5)
+    assert keep.tolist() == [0]  # the decayed box falls under the threshold
+    keep, _ = soft_nms(boxes[:0], scores[:0], labels[:0])
+    assert keep.shape == (0,)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # effdet uses torch.jit.script
+def test_soft_nms_matches_effdet() -> None:
+    from effdet.soft_nms import batched_soft_nms
+
+    g = torch.Generator().manual_seed(5)
+    xy = torch.rand(150, 2, generator=g) * 200
+    boxes = torch.cat([xy, xy + torch.rand(150, 2, generator=g) * 60 + 5], dim=1)
+    scores = torch.rand(150, generator=g) * 0.9 + 0.05
+    labels = torch.randint(0, 4, (150,), generator=g)
+    their_keep, their_scores = batched_soft_nms(
+        boxes, scores, labels, method_gaussian=True, sigma=0.5, score_threshold=0.001
+    )
+    keep, new_scores = soft_nms(
+        boxes, scores, labels, sigma=0.5, score_threshold=0.001, max_detections=100
+    )
+    assert keep.tolist() == their_keep[:100].tolist()
+    torch.testing.assert_close(new_scores, their_scores[:100])
+
+
+def test_letterbox_to_original() -> None:
+    boxes = torch.tensor([[20.0, 10.0, 300.0, 120.0]])
+    mapped = letterbox_to_original(boxes, 2.0, (50, 140))
+    torch.testing.assert_close(mapped, torch.tensor([[10.0, 5.0, 140.0, 50.0]]))
+    with pytest.raises(ValueError, match="scale"):
+        letterbox_to_original(boxes, 0.0, (50, 140))
+
+
+def test_config_validation_names_the_choices() -> None:
+    with pytest.raises(ValueError, match="'hard', 'soft'"):
+        PostprocessConfig(nms="fast")
+    with pytest.raises(ValueError, match="max_detections"):
+        PostprocessConfig(max_detections=0)
+    with pytest.raises(ValueError, match="anchors"):
+        postprocess(
+            *planted_outputs(torch.tensor([[0.0, 0.0, 9.0, 9.0]]), [0], [1.0]),
+            ANCHORS[:-9],
+            NUM_CLASSES,
+            INPUT_SIZE,
+        )
