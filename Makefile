@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(VENV)/bin/efficientdet info --all
+	$(VENV)/bin/efficientdet demo --out $(DEMO_OUT)
 
 test: setup
 	$(PY) -m pytest -q

@@ -15,3 +15,13 @@ def _seed() -> None:
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory: pytest.TempPathFactory):
+    """A small digit-scenes dataset (COCO format, 128 px), written once per test session."""
+    from efficientdet.data import write_demo_dataset
+
+    return write_demo_dataset(
+        tmp_path_factory.mktemp("demo"), num_train=24, num_val=8, image_size=128
+    )

@@ -1,26 +1,53 @@
-"""EfficientDet object detection: the paper's model, faithful and fast."""
+"""EfficientDet object detection: the paper's model, faithful and fast.
+
+The public names load their modules on first use, so ``import efficientdet.data`` (or the
+command line's ``--help``) does not pay for importing timm and torchvision.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from .anchors import Anchors, generate_anchors  # noqa: E402
-from .checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from .config import AnchorConfig, ModelConfig  # noqa: E402
-from .detector import Detector  # noqa: E402
-from .model import EfficientDet  # noqa: E402
-from .registry import create_model, get_config, list_models, register_model  # noqa: E402
+_EXPORTS = {
+    "AnchorConfig": "config",
+    "ModelConfig": "config",
+    "Anchors": "anchors",
+    "generate_anchors": "anchors",
+    "load_checkpoint": "checkpoint",
+    "save_checkpoint": "checkpoint",
+    "Detector": "detector",
+    "EfficientDet": "model",
+    "create_model": "registry",
+    "get_config": "registry",
+    "list_models": "registry",
+    "register_model": "registry",
+    "load_trained": "loading",
+}
 
-__all__ = [
-    "AnchorConfig",
-    "Anchors",
-    "Detector",
-    "EfficientDet",
-    "ModelConfig",
-    "__version__",
-    "create_model",
-    "generate_anchors",
-    "get_config",
-    "list_models",
-    "load_checkpoint",
-    "register_model",
-    "save_checkpoint",
-]
+if TYPE_CHECKING:
+    from .anchors import Anchors, generate_anchors
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .config import AnchorConfig, ModelConfig
+    from .detector import Detector
+    from .loading import load_trained
+    from .model import EfficientDet
+    from .registry import create_model, get_config, list_models, register_model
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'efficientdet' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+__all__ = ["__version__", *_EXPORTS]

@@ -83,6 +83,160 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- data --------------------------------------------------------------------------------------
+
+
+@command("check-data")
+def _cmd_check_data(args: argparse.Namespace) -> int:
+    from .data import check_dataset, format_report, load_dataset
+
+    data = load_dataset(args.data, args.split, strict=False)
+    report = check_dataset(data, input_size=args.image_size, decode_images=not args.no_decode)
+    print(format_report(report))
+    return 1 if report.fatal else 0
+
+
+@command("demo-data")
+def _cmd_demo_data(args: argparse.Namespace) -> int:
+    from .data import write_demo_dataset
+
+    files = write_demo_dataset(
+        args.out, seed=args.seed, num_train=args.num_train, num_val=args.num_val,
+        image_size=args.image_size,
+    )
+    print(f"wrote {files.data_yaml}")
+    return 0
+
+
+# ---- training and evaluation ---------------------------------------------------------------------
+
+
+@command("train")
+def _cmd_train(args: argparse.Namespace) -> int:
+    if args.nproc and args.nproc > 1:
+        from .train.distributed import launch
+
+        argv = [a for a in sys.argv[1:]]
+        i = argv.index("--nproc")
+        del argv[i : i + 2]
+        return launch(args.nproc, argv)
+    from .train import load_config, train
+
+    overrides = list(args.set or [])
+    if args.resume:
+        result = train(None, resume=args.resume) if not overrides else _resume_with(args.resume, overrides)
+    else:
+        config = load_config(args.config, overrides)
+        result = train(config)
+    print(f"{result.status}: {result.step}/{result.total_steps} steps in {result.seconds / 60:.1f} min; run folder {result.run_dir}")
+    if result.metrics:
+        print(f"validation AP {result.metrics['AP']:.4f}  AP50 {result.metrics['AP50']:.4f}")
+    return 0 if result.status == "finished" else 3
+
+
+def _resume_with(run_dir: str, overrides: list[str]):  # type: ignore[no-untyped-def]
+    from .train import Trainer
+
+    return Trainer.resume(run_dir, overrides=overrides).fit()
+
+
+@command("eval")
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from .data import load_dataset
+    from .detector import Detector
+    from .evaluate import evaluate_detector, format_metrics, write_eval_outputs
+    from .loading import load_trained
+
+    loaded = load_trained(args.weights, model_name=args.model, image_size=_size(args.image_size))
+    data = load_dataset(args.data, args.split, class_names=loaded.class_names)
+    if loaded.class_names is not None and data.class_names != loaded.class_names:
+        raise ValueError(f"{args.data}: classes {data.class_names} differ from the checkpoint's {loaded.class_names}")
+    if loaded.model.config.num_classes != data.num_classes:
+        raise ValueError(
+            f"{args.weights} predicts {loaded.model.config.num_classes} classes, {args.data} has {data.num_classes}"
+        )
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    detector = Detector(loaded.model, nms=args.nms, max_detections=args.max_detections).to(device)
+    cfg = loaded.model.config
+    result, results = evaluate_detector(
+        detector, data, image_size=cfg.image_size, mean=cfg.mean, std=cfg.std,
+        batch_size=args.batch_size, device=device, progress=sys.stderr.isatty(),
+    )
+    print(format_metrics(result))
+    if args.out:
+        paths = write_eval_outputs(result, args.out, results)
+        print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+def _size(value: list[int] | None) -> tuple[int, int] | None:
+    if not value:
+        return None
+    if len(value) == 1:
+        return (value[0], value[0])
+    return (value[0], value[1])
+
+
+# ---- prediction ------------------------------------------------------------------------------
+
+
+def _read_class_file(path: str) -> list[str]:
+    from pathlib import Path
+
+    names = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    if not names:
+        raise ValueError(f"{path}: no class names (one per line expected)")
+    return names
+
+
+@command("predict")
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import torch
+
+    from .detector import Detector
+    from .loading import load_trained
+    from .predict import collect_sources, run_prediction
+
+    loaded = load_trained(args.weights, model_name=args.model, image_size=_size(args.image_size))
+    class_names = _read_class_file(args.classes) if args.classes else loaded.class_names
+    num_classes = loaded.model.config.num_classes
+    if class_names is not None and len(class_names) != num_classes:
+        raise ValueError(f"{len(class_names)} class names for a model with {num_classes} classes")
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    detector = Detector(
+        loaded.model, nms=args.nms, max_detections=args.max_detections,
+        score_threshold=min(args.score_threshold, 0.001) if args.all_scores else args.score_threshold,
+    ).to(device).eval()
+    sources = collect_sources(args.sources)
+    report = run_prediction(
+        detector.predict, sources, args.out, class_names=class_names,
+        label_to_category_id=loaded.label_to_category_id, score_threshold=args.score_threshold,
+        batch_size=args.batch_size, progress=not args.quiet,
+    )
+    print(report.summary())
+    for failure in report.failures:
+        print(f"  failed: {failure.path}: {failure.reason}", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+# ---- the demo ----------------------------------------------------------------------------------
+
+
+@command("demo")
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    result = run_demo(args.out, data_dir=args.data_dir, minutes=args.minutes, extra=args.set or [])
+    m = result.metrics
+    print(
+        f"demo finished in {result.minutes:.1f} min: validation AP {m['AP']:.3f}, AP50 {m['AP50']:.3f}\n"
+        f"report: {result.report}"
+    )
+    return 0
+
+
 # ---- parser ------------------------------------------------------------------------------------
 
 
@@ -104,6 +258,58 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="list registered model names")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'tf_*'")
+
+    p = sub.add_parser("check-data", help="validate a dataset before a long run")
+    p.add_argument("--data", required=True, help="COCO .json, VOC/YOLO folder or data.yaml")
+    p.add_argument("--split", default="train")
+    p.add_argument("--image-size", type=int, default=512, help="network input used for the level histogram")
+    p.add_argument("--no-decode", action="store_true", help="check image headers only (faster)")
+
+    p = sub.add_parser("demo-data", help="write the bundled digit-scenes dataset (COCO format)")
+    p.add_argument("--out", default="data/digit-scenes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-train", type=int, default=1600)
+    p.add_argument("--num-val", type=int, default=250)
+    p.add_argument("--image-size", type=int, default=320)
+
+    p = sub.add_parser("train", help="train on a dataset (YAML config + --set overrides)")
+    p.add_argument("--config", help="YAML file with model/data/optim/run sections")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override, repeatable")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run where it stopped")
+    p.add_argument("--nproc", type=int, default=0, help="launch N processes with torchrun (DDP)")
+
+    p = sub.add_parser("predict", help="detect objects in images, folders, globs and videos")
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="image files, folders, globs, videos")
+    p.add_argument("--weights", required=True, help="trained checkpoint (.safetensors) or effdet state dict")
+    p.add_argument("--model", help="architecture, when the weights file does not record it")
+    p.add_argument("--classes", help="text file with one class name per line")
+    p.add_argument("--out", required=True, help="output folder (pictures and predictions.json)")
+    p.add_argument("--score-threshold", type=float, default=0.3, help="draw and keep detections above this")
+    p.add_argument("--all-scores", action="store_true", help="write every detection to the JSON (evaluation)")
+    p.add_argument("--max-detections", type=int, default=100)
+    p.add_argument("--nms", choices=["hard", "soft"], default="hard")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--image-size", type=int, nargs="+", metavar="SIDE", help="H [W] of the network input")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("demo", help="the main job: train Lite0 on the bundled data and report")
+    p.add_argument("--out", default="runs/demo", help="run folder with the report")
+    p.add_argument("--data-dir", default="data/digit-scenes", help="where the demo data is written")
+    p.add_argument("--minutes", type=float, default=10.5, help="training time budget")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="recipe override")
+
+    p = sub.add_parser("eval", help="COCO metrics of trained weights on a dataset")
+    p.add_argument("--weights", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="val")
+    p.add_argument("--model", help="architecture, when the weights file does not record it")
+    p.add_argument("--out", help="folder for metrics.json, per_class_ap.png, detections.json")
+    p.add_argument("--image-size", type=int, nargs="+", metavar="SIDE")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--nms", choices=["hard", "soft"], default="hard")
+    p.add_argument("--max-detections", type=int, default=100)
     return parser
 
 

@@ -1,0 +1,172 @@
+"""Torch ``Dataset`` over detection samples, the batch collate function and a DataLoader builder.
+
+Augmentation randomness is reproducible whatever the number of workers: the loader built by
+:func:`build_dataloader` uses :class:`SeededSampler`, which hands each index together with
+a seed drawn once per epoch, and the dataset seeds a private generator for that item from
+``(epoch seed, index)``. Plain integer indexing uses the global torch RNG.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .sample import DetectionData, DetectionSample
+from .transforms import TransformOutput
+
+Target = dict[str, Any]
+Transform = Callable[..., TransformOutput]
+
+
+def item_generator(epoch_seed: int, index: int) -> torch.Generator:
+    """A generator seeded from ``(epoch_seed, index)`` through numpy's SeedSequence mixing."""
+    state = np.random.SeedSequence([epoch_seed, index]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+class DetectionDataset(Dataset):
+    """Samples plus a transform; items are ``(image Tensor[3, H, W], target dict)``.
+
+    The target holds ``boxes`` (``Tensor[N, 4]`` xyxy in network-input pixels), ``labels``
+    (``Tensor[N]`` int64), ``image_id`` (int), ``scale`` (float, network pixels per original
+    pixel) and ``original_size`` (``(h, w)``).
+
+    Args:
+        data: a :class:`DetectionData` or a list of samples.
+        transform: :class:`~efficientdet.data.transforms.TrainTransform`,
+            :class:`~efficientdet.data.transforms.EvalTransform` or any callable
+            ``(image, boxes, labels, generator) -> TransformOutput``.
+    """
+
+    def __init__(self, data: DetectionData | Sequence[DetectionSample], transform: Transform):
+        self.samples: list[DetectionSample] = list(
+            data.samples if isinstance(data, DetectionData) else data
+        )
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, Target]:
+        """Item by index, or by ``(index, epoch_seed)`` as :class:`SeededSampler` yields."""
+        if isinstance(key, tuple):
+            index, epoch_seed = key
+            generator: torch.Generator | None = item_generator(epoch_seed, index)
+        else:
+            index, generator = key, None
+        sample = self.samples[index]
+        image: Image.Image = sample.load_image()
+        out = self.transform(image, sample.boxes, sample.labels, generator)
+        target: Target = {
+            "boxes": out.boxes,
+            "labels": out.labels,
+            "image_id": sample.image_id,
+            "scale": out.scale,
+            "original_size": sample.size,
+        }
+        return out.image, target
+
+
+def collate_detection(batch: Sequence[tuple[Tensor, Target]]) -> tuple[Tensor, list[Target]]:
+    """Stack images to ``Tensor[B, 3, H, W]`` and keep the targets as a list of dicts.
+
+    Raises:
+        ValueError: images of different sizes (the transform must output one input size).
+    """
+    if not batch:
+        raise ValueError("cannot collate an empty batch")
+    shapes = {tuple(image.shape) for image, _ in batch}
+    if len(shapes) != 1:
+        raise ValueError(
+            f"images in a batch have different shapes {sorted(shapes)}; use a transform that "
+            "outputs a fixed input size (TrainTransform / EvalTransform)"
+        )
+    images = torch.stack([image for image, _ in batch])
+    return images, [target for _, target in batch]
+
+
+class SeededSampler(Sampler[tuple[int, int]]):
+    """Yields ``(index, epoch_seed)``; a fresh epoch seed (and order) every iteration.
+
+    Args:
+        num_samples: dataset length.
+        shuffle: random order each epoch.
+        seed: seeds the sampler's own generator; same seed, same sequence of epochs.
+    """
+
+    def __init__(self, num_samples: int, *, shuffle: bool, seed: int = 0) -> None:
+        self.num_samples = num_samples
+        self.shuffle = shuffle
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch_seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+        if self.shuffle:
+            order = torch.randperm(self.num_samples, generator=self.generator).tolist()
+        else:
+            order = list(range(self.num_samples))
+        for index in order:
+            yield index, epoch_seed
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed Python's and numpy's RNGs in a worker from its torch seed (for user transforms)."""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def build_dataloader(
+    dataset: DetectionDataset,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    num_workers: int = 0,
+    seed: int = 0,
+    drop_last: bool = False,
+    device: torch.device | str | None = None,
+) -> DataLoader:
+    """A DataLoader yielding ``(Tensor[B, 3, H, W], list of targets)``.
+
+    Args:
+        dataset: the :class:`DetectionDataset`.
+        batch_size: images per batch.
+        shuffle: new random order every epoch (training).
+        num_workers: loader processes (0 loads in the main process); workers stay alive
+            between epochs.
+        seed: order and augmentation are a function of this seed only, not of
+            ``num_workers``.
+        drop_last: drop the last incomplete batch (useful with batch norm in training).
+        device: where batches go; memory is pinned only for CUDA. None means CUDA if
+            available.
+
+    Returns:
+        ``torch.utils.data.DataLoader``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    pin = torch.device(device).type == "cuda" and torch.cuda.is_available()
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=SeededSampler(len(dataset), shuffle=shuffle, seed=seed),
+        num_workers=num_workers,
+        collate_fn=collate_detection,
+        pin_memory=pin,
+        drop_last=drop_last,
+        worker_init_fn=seed_worker if num_workers > 0 else None,
+        generator=torch.Generator().manual_seed(seed),
+        persistent_workers=num_workers > 0,
+    )

@@ -1,0 +1,277 @@
+"""YOLO txt folders: ``images/`` + ``labels/`` with one ``cls cx cy w h`` line per box.
+
+Coordinates are normalised to the image size, which is read from the image header (PIL
+opens lazily, the pixels are not decoded). A line of ``cls x1 y1 x2 y2 ... xk yk`` (a
+segmentation polygon, k >= 3) becomes the polygon's bounding box. An image without a label
+file is a negative image. Class names come from ``names`` in a ``data.yaml`` (a list or an
+``{index: name}`` mapping) or from ``classes.txt`` (one name per line).
+
+Layouts found for a split ``s``: ``root/images/s`` + ``root/labels/s`` (ultralytics),
+``root/s/images`` + ``root/s/labels`` (roboflow), ``root/images`` + ``root/labels``, or
+``root`` being an images folder itself (the last ``images`` path component is replaced by
+``labels``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .sample import (
+    IMAGE_EXTENSIONS,
+    DataError,
+    DetectionData,
+    DetectionSample,
+    IssueLog,
+    make_sample,
+    read_image_size,
+    where,
+)
+
+CLASS_FILES = ("data.yaml", "dataset.yaml", "classes.txt", "classes.names", "obj.names")
+
+
+def _labels_for(images_dir: Path) -> Path:
+    parts = list(images_dir.parts)
+    for i in range(len(parts) - 1, -1, -1):
+        if parts[i] == "images":
+            parts[i] = "labels"
+            return Path(*parts)
+    return images_dir.parent / "labels"
+
+
+def _has_images(folder: Path) -> bool:
+    return any(p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.iterdir())
+
+
+def yolo_folders(root: str | Path, split: str | None = None) -> tuple[Path, Path]:
+    """``(images_dir, labels_dir)`` of a YOLO dataset, trying the common layouts.
+
+    Raises:
+        DataError: naming the folders that were tried.
+    """
+    root = Path(root)
+    candidates: list[tuple[Path, Path]] = []
+    if split is not None:
+        candidates += [
+            (root / "images" / split, root / "labels" / split),
+            (root / split / "images", root / split / "labels"),
+        ]
+    flat = [(root / "images", root / "labels")]
+    if "images" in root.parts:
+        flat.append((root, _labels_for(root)))
+    for images_dir, labels_dir in candidates + flat:
+        if not (images_dir.is_dir() and labels_dir.is_dir()):
+            continue
+        # A split asked of a folder that has no such split: use a flat folder only when it
+        # holds images itself, never one whose images sit in other splits' sub-folders.
+        if split is None or (images_dir, labels_dir) not in flat or _has_images(images_dir):
+            return images_dir, labels_dir
+    candidates += flat
+    tried = ", ".join(f"{i} + {lab}" for i, lab in candidates)
+    raise DataError(f"{root}: no YOLO images/labels folders for split {split!r}; tried {tried}")
+
+
+def names_from_yaml_value(value: Any, source: str | Path) -> list[str]:
+    """Class names from a YAML ``names`` value: a list, or ``{index: name}`` with 0..K-1."""
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    if isinstance(value, dict):
+        try:
+            indexed = {int(k): str(v) for k, v in value.items()}
+        except (TypeError, ValueError) as err:
+            raise DataError(f"{source}: 'names' keys must be class indices: {err}") from err
+        if sorted(indexed) != list(range(len(indexed))):
+            raise DataError(f"{source}: 'names' indices must be 0..K-1, got {sorted(indexed)}")
+        return [indexed[i] for i in range(len(indexed))]
+    raise DataError(f"{source}: 'names' must be a list or a mapping, got {type(value).__name__}")
+
+
+def read_class_names(path: str | Path) -> list[str]:
+    """Class names from a YAML data file (``names``) or a text file (one per line)."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise DataError(f"{path}: malformed YAML: {err}") from err
+        if not isinstance(doc, dict) or "names" not in doc:
+            raise DataError(f"{path}: no 'names' entry")
+        return names_from_yaml_value(doc["names"], path)
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _find_class_names(root: Path, images_dir: Path, labels_dir: Path) -> list[str] | None:
+    common = Path(os.path.commonpath([images_dir, labels_dir]))
+    for folder in dict.fromkeys([root, common, labels_dir]):
+        for name in CLASS_FILES:
+            if (folder / name).is_file():
+                try:
+                    return read_class_names(folder / name)
+                except DataError:
+                    continue
+    return None
+
+
+def _parse_number(token: str, what: str, ctx: str, issues: IssueLog) -> float | None:
+    try:
+        value = float(token)
+    except ValueError:
+        issues.add("invalid_annotation", f"{ctx}: {what} is not a number: {token!r}")
+        return None
+    if not math.isfinite(value):
+        issues.add("invalid_annotation", f"{ctx}: {what} is not finite: {token!r}")
+        return None
+    return value
+
+
+def _parse_line(
+    line: str, ctx: str, size: tuple[int, int], issues: IssueLog
+) -> tuple[int, list[float]] | None:
+    """``(class index, xyxy pixels)`` from one label line, or None (recorded as invalid)."""
+    tokens = line.split()
+    n = len(tokens)
+    if n != 5 and (n < 7 or n % 2 == 0):
+        issues.add(
+            "invalid_annotation",
+            f"{ctx}: expected 'class cx cy w h' (5 values) or a polygon, got {n} values",
+        )
+        return None
+    cls_value = _parse_number(tokens[0], "class", ctx, issues)
+    if cls_value is None:
+        return None
+    if not cls_value.is_integer():
+        issues.add("invalid_annotation", f"{ctx}: class must be an integer, got {tokens[0]!r}")
+        return None
+    values = []
+    for k, token in enumerate(tokens[1:]):
+        value = _parse_number(token, f"value {k + 2}", ctx, issues)
+        if value is None:
+            return None
+        values.append(value)
+    height, width = size
+    if n == 5:
+        cx, cy, w, h = values
+        box = [
+            (cx - w / 2) * width,
+            (cy - h / 2) * height,
+            (cx + w / 2) * width,
+            (cy + h / 2) * height,
+        ]
+    else:
+        xs, ys = values[0::2], values[1::2]
+        box = [min(xs) * width, min(ys) * height, max(xs) * width, max(ys) * height]
+    return int(cls_value), box
+
+
+def load_yolo(
+    root: str | Path,
+    split: str | None = None,
+    *,
+    class_names: list[str] | None = None,
+    strict: bool = True,
+    min_size: float = 1.0,
+) -> DetectionData:
+    """Read a YOLO txt dataset (see the module docstring for the layouts).
+
+    Args:
+        root: dataset folder (or the images folder itself).
+        split: sub-folder name such as ``"train"``; None for a flat ``images/`` folder.
+        class_names: the class table; default from ``data.yaml``/``classes.txt`` next to the
+            data, else ``"0".."K-1"`` with K one more than the largest index (recorded as
+            ``class_names_inferred``). Indices outside the table count as ``unknown_category``.
+        strict: raise :class:`DataError` after reading if there are fatal problems
+            (malformed lines, named with file and line number).
+        min_size: boxes narrower or shorter than this many pixels after clipping are dropped.
+
+    Returns:
+        :class:`DetectionData`; image ids ``1..n`` in sorted path order, identity category ids.
+    """
+    root = Path(root)
+    images_dir, labels_dir = yolo_folders(root, split)
+    issues = IssueLog()
+    names = (
+        class_names if class_names is not None else _find_class_names(root, images_dir, labels_dir)
+    )
+    image_paths = sorted(
+        p for p in images_dir.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+    )
+
+    parsed = []  # (image path, size, label path, [(cls, box, line ctx)])
+    seen_labels: dict[Path, Path] = {}
+    for image_path in image_paths:
+        rel = image_path.relative_to(images_dir)
+        label_path = labels_dir / rel.with_suffix(".txt")
+        if label_path in seen_labels:
+            issues.add(
+                "duplicate_image",
+                f"{image_path}: shares {label_path} with {seen_labels[label_path]}; skipped",
+            )
+            continue
+        seen_labels[label_path] = image_path
+        try:
+            size = read_image_size(image_path)
+        except (FileNotFoundError, DataError) as err:
+            issues.add("unreadable_image", str(err))
+            continue
+        entries = []
+        if label_path.is_file():
+            try:
+                lines = label_path.read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as err:
+                issues.add("unreadable_annotation", f"{label_path}: cannot read: {err}")
+                continue
+            for lineno, line in enumerate(lines, start=1):
+                if not line.strip() or line.lstrip().startswith("#"):
+                    continue
+                ctx = where(label_path, lineno)
+                result = _parse_line(line, ctx, size, issues)
+                if result is not None:
+                    entries.append((result[0], result[1], ctx))
+        parsed.append((image_path, size, label_path, entries))
+
+    if names is None:
+        largest = max((c for *_, entries in parsed for c, _, _ in entries), default=-1)
+        names = [str(i) for i in range(largest + 1)]
+        issues.add(
+            "class_names_inferred",
+            f"{root}: no class names (data.yaml 'names' or classes.txt); using {len(names)} "
+            "classes named by index",
+        )
+
+    samples: list[DetectionSample] = []
+    for image_path, size, label_path, entries in parsed:
+        boxes, labels = [], []
+        for cls, box, ctx in entries:
+            if not 0 <= cls < len(names):
+                issues.add("unknown_category", f"{ctx}: class {cls} is not in 0..{len(names) - 1}")
+                continue
+            boxes.append(box)
+            labels.append(cls)
+        samples.append(
+            make_sample(
+                image_path=image_path,
+                image_id=len(samples) + 1,
+                size=size,
+                boxes=boxes,
+                labels=labels,
+                issues=issues,
+                context=str(label_path),
+                min_size=min_size,
+            )
+        )
+    if strict:
+        issues.raise_if_fatal(root)
+    return DetectionData(
+        samples=samples,
+        class_names=list(names),
+        label_to_category_id=list(range(len(names))),
+        format="yolo",
+        source=root,
+        issues=issues,
+    )

@@ -1,0 +1,217 @@
+"""COCO evaluation with pycocotools: AP, AP50, AP75, AP by size, AR, and per-class AP."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .data import DetectionData, DetectionDataset, build_transform, coco_dict, collate_detection
+
+log = logging.getLogger(__name__)
+
+# Order of COCOeval.stats.
+STAT_NAMES = (
+    "AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
+    "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large",
+)
+
+
+@dataclass
+class EvalResult:
+    """COCO metrics (``-1`` where a category of sizes has no ground truth)."""
+
+    metrics: dict[str, float]
+    per_class_ap: dict[str, float] = field(default_factory=dict)
+    num_images: int = 0
+    num_detections: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metrics": self.metrics,
+            "per_class_ap": self.per_class_ap,
+            "num_images": self.num_images,
+            "num_detections": self.num_detections,
+        }
+
+
+def detections_to_coco(
+    image_ids: Sequence[int],
+    detections: Sequence[dict[str, Tensor]],
+    label_to_category_id: Sequence[int],
+) -> list[dict[str, Any]]:
+    """COCO results entries (``bbox`` as xywh) from per-image xyxy detections in original pixels."""
+    results = []
+    for image_id, det in zip(image_ids, detections, strict=True):
+        boxes = det["boxes"].detach().float().cpu()
+        if boxes.numel() == 0:
+            continue
+        xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+        for box, score, label in zip(
+            xywh, det["scores"].detach().float().cpu().tolist(), det["labels"].cpu().tolist(), strict=True
+        ):
+            results.append(
+                {
+                    "image_id": int(image_id),
+                    "category_id": int(label_to_category_id[int(label)]),
+                    "bbox": [round(v, 3) for v in box],
+                    "score": round(float(score), 5),
+                }
+            )
+    return results
+
+
+def coco_evaluate(
+    ground_truth: dict[str, Any], results: list[dict[str, Any]], *, verbose: bool = False
+) -> EvalResult:
+    """Run pycocotools' bbox evaluation of ``results`` against a COCO ``ground_truth`` dict."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    quiet = contextlib.redirect_stdout(io.StringIO()) if not verbose else contextlib.nullcontext()
+    with quiet:
+        gt = COCO()
+        gt.dataset = {k: v for k, v in ground_truth.items()}
+        gt.dataset.setdefault("info", {})
+        gt.createIndex()
+        names = {c["id"]: c["name"] for c in ground_truth["categories"]}
+        if not results:
+            metrics = dict.fromkeys(STAT_NAMES, 0.0)
+            return EvalResult(metrics, dict.fromkeys(names.values(), 0.0), len(gt.imgs), 0)
+        dt = gt.loadRes(results)
+        evaluator = COCOeval(gt, dt, "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    metrics = {name: float(v) for name, v in zip(STAT_NAMES, evaluator.stats, strict=True)}
+    # precision: [T IoU thresholds, R recall points, K categories, A areas, M max dets]
+    precision = evaluator.eval["precision"]
+    per_class = {}
+    for k, cat_id in enumerate(evaluator.params.catIds):
+        p = precision[:, :, k, 0, -1]
+        valid = p[p > -1]
+        per_class[names[cat_id]] = float(valid.mean()) if valid.size else -1.0
+    return EvalResult(metrics, per_class, len(gt.imgs), len(results))
+
+
+@torch.inference_mode()
+def predict_dataset(
+    detector: nn.Module,
+    data: DetectionData,
+    *,
+    image_size: tuple[int, int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    batch_size: int = 8,
+    num_workers: int = 0,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> list[dict[str, Tensor]]:
+    """Detections for every sample of ``data`` in original-image pixels (letterboxed input)."""
+    from torch.utils.data import DataLoader
+
+    dataset = DetectionDataset(data, build_transform(image_size, train=False, mean=mean, std=std))
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        collate_fn=collate_detection,
+    )
+    was_training = detector.training
+    detector.eval()
+    outputs: list[dict[str, Tensor]] = []
+    iterator: Any = loader
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(loader, desc="eval", unit="batch", leave=False)
+    for images, targets in iterator:
+        detections = detector(images.to(device))
+        for det, target in zip(detections, targets, strict=True):
+            h, w = target["original_size"]
+            scale = float(target["scale"])
+            boxes = det["boxes"].float() / scale
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+            outputs.append({"boxes": boxes.cpu(), "scores": det["scores"].cpu(), "labels": det["labels"].cpu()})
+    detector.train(was_training)
+    return outputs
+
+
+def evaluate_detector(
+    detector: nn.Module,
+    data: DetectionData,
+    *,
+    image_size: tuple[int, int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    batch_size: int = 8,
+    num_workers: int = 0,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> tuple[EvalResult, list[dict[str, Any]]]:
+    """COCO metrics of ``detector`` on ``data``; also returns the COCO results entries."""
+    detections = predict_dataset(
+        detector, data, image_size=image_size, mean=mean, std=std, batch_size=batch_size,
+        num_workers=num_workers, device=device, progress=progress,
+    )
+    results = detections_to_coco(
+        [s.image_id for s in data.samples], detections, data.label_to_category_id
+    )
+    return coco_evaluate(coco_dict(data), results), results
+
+
+def write_eval_outputs(result: EvalResult, out_dir: str | Path, results: list[dict] | None = None) -> dict[str, Path]:
+    """Write ``metrics.json``, ``per_class_ap.png`` (and ``detections.json``) into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"metrics": out / "metrics.json", "per_class_ap": out / "per_class_ap.png"}
+    paths["metrics"].write_text(json.dumps(result.to_dict(), indent=2))
+    if results is not None:
+        paths["detections"] = out / "detections.json"
+        paths["detections"].write_text(json.dumps(results))
+    plot_per_class_ap(result.per_class_ap, paths["per_class_ap"])
+    return paths
+
+
+def plot_per_class_ap(per_class_ap: dict[str, float], path: Path) -> None:
+    """Horizontal bar chart of per-class AP[.5:.95]."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(per_class_ap)
+    values = [max(0.0, per_class_ap[n]) for n in names]
+    fig, ax = plt.subplots(figsize=(6, 0.3 * len(names) + 1.2))
+    ax.barh(np.arange(len(names)), values, color="#3b7dd8")
+    ax.set_yticks(np.arange(len(names)), names)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("AP[.5:.95]")
+    ax.set_title("Per-class AP")
+    for i, v in enumerate(values):
+        ax.text(min(v + 0.01, 0.9), i, f"{v:.3f}", va="center", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def format_metrics(result: EvalResult) -> str:
+    """Human-readable summary lines."""
+    m = result.metrics
+    lines = [
+        f"AP {m['AP']:.4f}  AP50 {m['AP50']:.4f}  AP75 {m['AP75']:.4f}  "
+        f"APs {m['AP_small']:.4f}  APm {m['AP_medium']:.4f}  APl {m['AP_large']:.4f}",
+        f"AR1 {m['AR1']:.4f}  AR10 {m['AR10']:.4f}  AR100 {m['AR100']:.4f}",
+    ]
+    if result.per_class_ap:
+        lines.append("per class: " + ", ".join(f"{k} {v:.3f}" for k, v in result.per_class_ap.items()))
+    return "\n".join(lines)

@@ -1,0 +1,181 @@
+"""Training configuration: typed sections, read from YAML with ``--set a.b=value`` overrides.
+
+Every option has a default from the official recipe (REFERENCE.md section 4); the resolved
+configuration is saved next to the run's outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "constant")
+AMP_MODES = ("none", "bf16", "fp16")
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not one of {', '.join(map(repr, choices))}")
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    """Which network, where its weights start, what is frozen."""
+
+    name: str = "tf_efficientdet_d0"
+    pretrained_backbone: bool = True
+    init_checkpoint: str | None = None  # COCO detector weights to fine-tune from
+    image_size: tuple[int, int] | None = None  # None: the model's own
+    neck: str | None = None
+    fusion: str | None = None
+    freeze_backbone: int = 0  # leading backbone stages to freeze (stem counts as one); -1: all
+    freeze_bn: bool = False  # keep every BN in eval mode (running statistics fixed)
+    grad_checkpointing: bool = False
+
+
+@dataclass(frozen=True)
+class DataSection:
+    train: str = ""
+    val: str = ""
+    augment: bool = True
+    hflip_prob: float = 0.5
+    scale_min: float = 0.1
+    scale_max: float = 2.0
+    num_workers: int = 2
+
+
+@dataclass(frozen=True)
+class OptimSection:
+    optimizer: str = "sgd"
+    lr: float | None = None  # None: 0.08 per 64 images for SGD, 1e-3 per 16 images for AdamW
+    momentum: float = 0.9
+    weight_decay: float = 4e-5  # not applied to BN parameters and biases
+    warmup_epochs: float = 1.0
+    warmup_factor: float = 0.1  # first lr = warmup_factor * lr (0.008 / 0.08 officially)
+    schedule: str = "cosine"
+    min_lr_factor: float = 0.0
+    clip_grad: float = 10.0
+    ema_decay: float = 0.9998  # 0 disables the EMA
+    ema_warmup: bool = True  # decay ramps up as (1 + step) / (10 + step) for short runs
+
+    def __post_init__(self) -> None:
+        _choice("optim.optimizer", self.optimizer, OPTIMIZERS)
+        _choice("optim.schedule", self.schedule, SCHEDULES)
+        if self.lr is not None and self.lr <= 0:
+            raise ValueError(f"optim.lr must be positive, got {self.lr}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"optim.ema_decay must be in [0, 1), got {self.ema_decay}")
+
+    def base_lr(self, batch_size: int) -> float:
+        """The learning rate, scaled by the global batch size when not given."""
+        if self.lr is not None:
+            return self.lr
+        if self.optimizer == "sgd":
+            return 0.08 * batch_size / 64
+        return 1e-3 * batch_size / 16
+
+
+@dataclass(frozen=True)
+class RunSection:
+    out_dir: str = "runs/train"
+    epochs: int = 300
+    max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs)
+    time_budget_minutes: float | None = None  # fit the schedule into this wall-clock budget
+    batch_size: int = 8  # per process
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "none"
+    eval_every: int = 1  # epochs; 0: only at the end
+    eval_batch_size: int = 8
+    save_every_steps: int = 200
+    log_every: int = 10
+    max_nonfinite: int = 5  # consecutive non-finite losses before the run stops
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _choice("run.amp", self.amp, AMP_MODES)
+        if self.batch_size < 1:
+            raise ValueError(f"run.batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    run: RunSection = field(default_factory=RunSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_SECTIONS = {"model": ModelSection, "data": DataSection, "optim": OptimSection, "run": RunSection}
+
+
+def config_from_dict(data: dict[str, Any] | None) -> TrainConfig:
+    """Build a :class:`TrainConfig`; unknown sections or keys raise naming the valid ones."""
+    data = data or {}
+    unknown = sorted(set(data) - set(_SECTIONS))
+    if unknown:
+        raise ValueError(f"unknown config section(s) {unknown}; valid: {sorted(_SECTIONS)}")
+    sections = {}
+    for name, cls in _SECTIONS.items():
+        values = dict(data.get(name) or {})
+        valid = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(values) - valid)
+        if bad:
+            raise ValueError(f"unknown key(s) {[f'{name}.{b}' for b in bad]}; valid: {sorted(valid)}")
+        if values.get("image_size") is not None:
+            size = values["image_size"]
+            values["image_size"] = (int(size), int(size)) if isinstance(size, int) else tuple(size)
+        sections[name] = cls(**values)
+    return TrainConfig(**sections)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"optim.lr=0.01"`` -> ``(["optim", "lr"], 0.01)``; the value is read as YAML."""
+    if "=" not in text:
+        raise ValueError(f"override {text!r} must look like section.key=value")
+    key, value = text.split("=", 1)
+    path = key.strip().split(".")
+    if len(path) != 2 or not all(path):
+        raise ValueError(f"override key {key!r} must be section.key, e.g. optim.lr")
+    return path, yaml.safe_load(value)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML training configuration and apply ``section.key=value`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such configuration file")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path}: not valid YAML: {err}") from err
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    for text in overrides or []:
+        (section, key), value = parse_override(text)
+        data.setdefault(section, {})
+        if not isinstance(data[section], dict):
+            raise ValueError(f"section {section!r} is not a mapping")
+        data[section][key] = value
+    return config_from_dict(data)
+
+
+def save_config(config: TrainConfig, path: str | Path) -> None:
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    Path(path).write_text(yaml.safe_dump(plain(config.to_dict()), sort_keys=False))

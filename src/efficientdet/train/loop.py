@@ -1,0 +1,612 @@
+"""The training loop: data, model, optimizer, EMA, checkpoints, resume, evaluation, logging."""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+
+from ..checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from ..data import DetectionData, DetectionDataset, build_transform, collate_detection, load_dataset
+from ..detector import Detector
+from ..evaluate import evaluate_detector, format_metrics, write_eval_outputs
+from ..registry import create_model
+from .config import TrainConfig, load_config, save_config
+from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
+from .ema import ModelEMA
+from .logger import MetricsLogger, plot_curves
+from .schedule import learning_rate
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.pt"
+LAST_WEIGHTS = "last.safetensors"
+BEST_WEIGHTS = "best.safetensors"
+CONFIG_FILE = "config.yaml"
+STATE_VERSION = 1
+_BUDGET_PROBE_STEPS = 6  # steps timed before fitting the schedule into a time budget
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot start or cannot go on; the message says what to change."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    status: str  # "finished" or "interrupted"
+    step: int
+    total_steps: int
+    losses: list[float] = field(default_factory=list)  # this process's per-step losses
+    nonfinite_steps: int = 0
+    metrics: dict[str, float] | None = None
+    seconds: float = 0.0
+    epochs: float = 0.0
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """``(index, epoch_seed)`` pairs for one epoch, a pure function of ``(seed, epoch)``.
+
+    The order is shuffled per epoch and sharded over processes (rank ``r`` takes every
+    ``world``-th index), truncated so that every process gets ``steps * batch`` items; ``start``
+    skips the items of steps already done (resume).
+    """
+
+    def __init__(
+        self, num_samples: int, *, seed: int, epoch: int, batch_size: int,
+        start_step: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True,
+    ) -> None:
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        order = torch.randperm(num_samples, generator=gen) if shuffle else torch.arange(num_samples)
+        self.epoch_seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+        per_step = batch_size * world_size
+        usable = (num_samples // per_step) * per_step
+        mine = order[:usable].view(-1, world_size)[:, rank]
+        self.indices = mine[start_step * batch_size :].tolist()
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for index in self.indices:
+            yield index, self.epoch_seed
+
+
+def steps_per_epoch(num_samples: int, batch_size: int, world_size: int) -> int:
+    return num_samples // (batch_size * world_size)
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def backbone_stages(backbone: nn.Module) -> list[list[nn.Module]]:
+    """The backbone split into stages, input side first: the stem, then each block group."""
+    stem = [m for name in ("conv_stem", "bn1") if (m := getattr(backbone, name, None)) is not None]
+    blocks = getattr(backbone, "blocks", None)
+    if blocks is None:
+        return [[backbone]]
+    return [stem, *[[b] for b in blocks]]
+
+
+def freeze_modules(modules: list[nn.Module]) -> list[nn.Module]:
+    for m in modules:
+        for p in m.parameters():
+            p.requires_grad_(False)
+    return modules
+
+
+def set_frozen_bn_eval(modules: list[nn.Module]) -> None:
+    for m in modules:
+        for sub in m.modules():
+            if isinstance(sub, nn.modules.batchnorm._BatchNorm):
+                sub.eval()
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on conv/linear weights only; none on BN parameters, biases or fusion weights."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state()[1].tolist(),  # type: ignore[index]
+        "python": list(random.getstate()[1]),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np_state = np.random.get_state()
+    np.random.set_state((np_state[0], np.array(state["numpy"], dtype=np.uint32), 624, 0, 0.0))
+    py = random.getstate()
+    random.setstate((py[0], tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    """One training run. ``Trainer(config).fit()``; ``Trainer.resume(run_dir).fit()``."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        resume_state: dict[str, Any] | None = None,
+        on_step: Callable[[int, dict[str, float]], bool] | None = None,
+    ) -> None:
+        self.config = config
+        self.on_step = on_step
+        self.device = _resolve_device(config.run.device)
+        self.dist: DistInfo = init_distributed(self.device.type)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        self.run_dir = Path(config.run.out_dir)
+        self.stop_requested = False
+        self.resume_state = resume_state
+        _seed_everything(config.run.seed + self.dist.rank)
+        self._setup_data()
+        self._setup_model()
+        self._setup_optimizer()
+        self.step = 0
+        self.best_ap = -1.0
+        self.nonfinite_total = 0
+        self.nonfinite_in_a_row = 0
+        self.elapsed_before = 0.0
+        self.total_steps = self._configured_total_steps()
+        self.budget_fixed = config.run.time_budget_minutes is None
+        if resume_state is not None:
+            self._load_state(resume_state)
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(config, self.run_dir / CONFIG_FILE)
+        self.logger = (
+            MetricsLogger(self.run_dir, resume_step=self.step if resume_state else None)
+            if self.dist.is_main
+            else None
+        )
+
+    @classmethod
+    def resume(
+        cls, run_dir: str | Path, *, overrides: list[str] | None = None,
+        on_step: Callable[[int, dict[str, float]], bool] | None = None,
+    ) -> Trainer:
+        """Continue the run in ``run_dir`` from its last training state."""
+        run_dir = Path(run_dir)
+        state_path = run_dir / STATE_FILE
+        if not state_path.is_file():
+            raise TrainingError(f"{run_dir}: nothing to resume (no {STATE_FILE}; was a checkpoint ever saved?)")
+        config = load_config(run_dir / CONFIG_FILE, overrides)
+        config = replace(config, run=replace(config.run, out_dir=str(run_dir)))
+        try:
+            state = torch.load(state_path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise TrainingError(f"{state_path}: unreadable training state ({err})") from err
+        if int(state.get("version", 0)) > STATE_VERSION:
+            raise TrainingError(f"{state_path}: written by a newer efficientdet; upgrade to resume")
+        return cls(config, resume_state=state, on_step=on_step)
+
+    # ---- set-up --------------------------------------------------------------------------
+
+    def _setup_data(self) -> None:
+        cfg = self.config
+        if not cfg.data.train:
+            raise TrainingError("no training data: set data.train (a COCO .json, VOC/YOLO folder or data.yaml)")
+        self.train_data: DetectionData = load_dataset(cfg.data.train, "train")
+        if len(self.train_data) == 0 or sum(s.num_boxes for s in self.train_data.samples) == 0:
+            raise TrainingError(f"{cfg.data.train}: no images with boxes to train on")
+        for kind in self.train_data.issues.kinds("warning"):
+            log.warning("%s: %d x %s (fixed while loading)", cfg.data.train, self.train_data.issues.count(kind), kind)
+        self.val_data: DetectionData | None = None
+        if cfg.data.val:
+            self.val_data = load_dataset(cfg.data.val, "val", class_names=self.train_data.class_names)
+            if self.val_data.class_names != self.train_data.class_names:
+                raise TrainingError(
+                    f"validation classes {self.val_data.class_names} differ from training classes "
+                    f"{self.train_data.class_names}"
+                )
+        per_step = cfg.run.batch_size * self.dist.world_size
+        if len(self.train_data) < per_step:
+            raise TrainingError(
+                f"{len(self.train_data)} training images, fewer than one batch of {per_step}; "
+                "lower run.batch_size"
+            )
+
+    def _setup_model(self) -> None:
+        cfg = self.config.model
+        overrides: dict[str, Any] = {}
+        if cfg.image_size is not None:
+            overrides["image_size"] = tuple(cfg.image_size)
+        if cfg.neck is not None:
+            overrides["neck"] = cfg.neck
+        if cfg.fusion is not None:
+            overrides["fusion"] = cfg.fusion
+        pretrained = cfg.pretrained_backbone and cfg.init_checkpoint is None and self.resume_state is None
+        model = create_model(
+            cfg.name, num_classes=self.train_data.num_classes, pretrained_backbone=pretrained, **overrides
+        )
+        if cfg.init_checkpoint and self.resume_state is None:
+            report = load_checkpoint(model, cfg.init_checkpoint)
+            log.info("initialised from %s (%s)", cfg.init_checkpoint, report.source_format)
+        stages = backbone_stages(model.backbone)
+        count = len(stages) if cfg.freeze_backbone < 0 else min(cfg.freeze_backbone, len(stages))
+        self.frozen: list[nn.Module] = freeze_modules([m for s in stages[:count] for m in s])
+        if cfg.freeze_bn:
+            self.frozen = [model]
+        if cfg.grad_checkpointing:
+            set_gc = getattr(model.backbone, "set_grad_checkpointing", None)
+            if set_gc is None:
+                raise TrainingError(f"backbone {model.config.backbone} does not support gradient checkpointing")
+            set_gc(True)
+        model.to(self.device)
+        if self.dist.enabled and self.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model
+        self.detector = Detector(model).to(self.device)
+        if self.dist.enabled:
+            self.detector.positives_reducer = all_reduce_sum
+        self.ema = (
+            ModelEMA(model, self.config.optim.ema_decay, self.config.optim.ema_warmup)
+            if self.config.optim.ema_decay > 0
+            else None
+        )
+        self.ddp: nn.Module = self.detector
+        if self.dist.enabled:
+            self.ddp = nn.parallel.DistributedDataParallel(
+                self.detector,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            )
+
+    def _setup_optimizer(self) -> None:
+        opt = self.config.optim
+        global_batch = self.config.run.batch_size * self.dist.world_size
+        self.base_lr = opt.base_lr(global_batch)
+        groups = parameter_groups(self.model, opt.weight_decay)
+        if opt.optimizer == "sgd":
+            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
+                groups, lr=self.base_lr, momentum=opt.momentum
+            )
+        else:
+            self.optimizer = torch.optim.AdamW(groups, lr=self.base_lr)
+        self.steps_per_epoch = steps_per_epoch(
+            len(self.train_data), self.config.run.batch_size, self.dist.world_size
+        )
+        self.warmup_steps = int(round(opt.warmup_epochs * self.steps_per_epoch))
+
+    def _configured_total_steps(self) -> int:
+        run = self.config.run
+        if run.max_steps is not None:
+            return int(run.max_steps)
+        return run.epochs * self.steps_per_epoch
+
+    # ---- state -----------------------------------------------------------------------------
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "budget_fixed": self.budget_fixed,
+            "best_ap": self.best_ap,
+            "nonfinite_total": self.nonfinite_total,
+            "nonfinite_in_a_row": self.nonfinite_in_a_row,
+            "elapsed": self.elapsed_before + (time.perf_counter() - self._start),
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "rng": _rng_state(),
+        }
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        self.total_steps = int(state["total_steps"])
+        self.budget_fixed = bool(state.get("budget_fixed", True))
+        self.best_ap = float(state["best_ap"])
+        self.nonfinite_total = int(state["nonfinite_total"])
+        self.nonfinite_in_a_row = int(state["nonfinite_in_a_row"])
+        self.elapsed_before = float(state.get("elapsed", 0.0))
+        _set_rng_state(state["rng"])
+        log.info("resuming at step %d of %d", self.step, self.total_steps)
+
+    def eval_model(self) -> nn.Module:
+        """The weights used for evaluation and export: the EMA when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def _metadata(self) -> dict[str, Any]:
+        return {
+            "class_names": self.train_data.class_names,
+            "label_to_category_id": self.train_data.label_to_category_id,
+            "step": self.step,
+            "best_ap": self.best_ap,
+        }
+
+    def save(self) -> None:
+        """Write the training state and the (EMA) weights, each atomically; rank 0 only."""
+        if not self.dist.is_main:
+            return
+        state = self._state()
+        atomic_write(self.run_dir / STATE_FILE, lambda tmp: torch.save(state, tmp))
+        save_checkpoint(self.eval_model(), self.run_dir / LAST_WEIGHTS, metadata=self._metadata())
+
+    # ---- the loop --------------------------------------------------------------------------
+
+    def _loader(self, epoch: int, start_step: int) -> DataLoader:
+        cfg = self.config
+        model_cfg = self.model.config
+        transform = build_transform(
+            model_cfg.image_size, train=True, augment=cfg.data.augment, mean=model_cfg.mean,
+            std=model_cfg.std, hflip_prob=cfg.data.hflip_prob,
+            scale_range=(cfg.data.scale_min, cfg.data.scale_max),
+        )
+        sampler = EpochSampler(
+            len(self.train_data), seed=cfg.run.seed, epoch=epoch, batch_size=cfg.run.batch_size,
+            start_step=start_step, rank=self.dist.rank, world_size=self.dist.world_size,
+        )
+        workers = cfg.data.num_workers
+        return DataLoader(
+            DetectionDataset(self.train_data, transform),
+            batch_size=cfg.run.batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            collate_fn=collate_detection,
+            pin_memory=self.device.type == "cuda",
+            drop_last=True,
+            persistent_workers=False,
+            generator=torch.Generator(),  # keeps the global RNG untouched (resume equality)
+        )
+
+    def _install_signals(self) -> dict[int, Any]:
+        previous = {}
+
+        def handler(signum: int, frame: Any) -> None:
+            log.warning("signal %d: saving a checkpoint and stopping after this step", signum)
+            self.stop_requested = True
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous[sig] = signal.signal(sig, handler)
+            except ValueError:  # not the main thread
+                pass
+        return previous
+
+    def _autocast(self) -> Any:
+        amp = self.config.run.amp
+        if amp == "none":
+            return torch.autocast(self.device.type, enabled=False)
+        dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _train_mode(self) -> None:
+        self.detector.train()
+        set_frozen_bn_eval(self.frozen)
+
+    def fit(self) -> TrainResult:
+        cfg = self.config
+        previous = self._install_signals()
+        self._start = time.perf_counter()
+        self._fit_start_step = self.step
+        losses: list[float] = []
+        scaler = torch.amp.GradScaler(enabled=cfg.run.amp == "fp16" and self.device.type == "cuda")
+        progress = None
+        if self.dist.is_main and cfg.run.progress:
+            from tqdm import tqdm
+
+            progress = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True)
+        status = "finished"
+        budget_probe_start: float | None = None
+        try:
+            self._train_mode()
+            while self.step < self.total_steps and not self.stop_requested:
+                epoch, start = divmod(self.step, self.steps_per_epoch)
+                for images, targets in self._loader(epoch, start):
+                    if self.step >= self.total_steps or self.stop_requested:
+                        break
+                    t0 = time.perf_counter()
+                    if not self.budget_fixed and self.step == self._fit_start_step + 1:
+                        budget_probe_start = t0  # the first step (warm-up) is not timed
+                    row = self._train_step(images, targets, scaler)
+                    losses.append(row["loss"])
+                    self.step += 1
+                    row["images_per_s"] = images.shape[0] * self.dist.world_size / max(1e-9, time.perf_counter() - t0)
+                    row["elapsed_s"] = self.elapsed_before + time.perf_counter() - self._start
+                    if not self.budget_fixed and budget_probe_start is not None:
+                        self._maybe_fit_budget(budget_probe_start)
+                    if self.logger is not None and (self.step % cfg.run.log_every == 0 or self.step == 1):
+                        self.logger.log_step(row)
+                    if progress is not None:
+                        progress.total = self.total_steps
+                        progress.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}", ips=f"{row['images_per_s']:.1f}")
+                        progress.update(1)
+                    if self.on_step is not None and self.on_step(self.step, row):
+                        self.stop_requested = True
+                    if cfg.run.save_every_steps and self.step % cfg.run.save_every_steps == 0:
+                        self.save()
+                    if self.step % self.steps_per_epoch == 0:
+                        self._end_of_epoch(self.step // self.steps_per_epoch)
+            if self.stop_requested and self.step < self.total_steps:
+                status = "interrupted"
+            self.save()
+        finally:
+            for sig, h in previous.items():
+                signal.signal(sig, h)
+            if progress is not None:
+                progress.close()
+        metrics = None
+        if status == "finished":
+            metrics = self._final_evaluation()
+        if self.logger is not None:
+            self.logger.close()
+            plot_curves(self.run_dir)
+        barrier()
+        return TrainResult(
+            self.run_dir, status, self.step, self.total_steps, losses, self.nonfinite_total,
+            metrics, self.elapsed_before + time.perf_counter() - self._start,
+            self.step / self.steps_per_epoch,
+        )
+
+    def _maybe_fit_budget(self, probe_start: float) -> None:
+        """After a few timed steps, shorten the schedule so training fits the time budget."""
+        done = self.step - 1 - self._fit_start_step
+        if done < _BUDGET_PROBE_STEPS:
+            return
+        per_step = (time.perf_counter() - probe_start) / done
+        budget = float(self.config.run.time_budget_minutes or 0) * 60.0
+        remaining = budget - (self.elapsed_before + time.perf_counter() - self._start)
+        fit = self.step + max(0, int(remaining / per_step))
+        if self.dist.enabled:
+            fit = int(all_reduce_sum(torch.tensor(fit)).item() // self.dist.world_size)
+        self.total_steps = max(self.step, min(self.total_steps, fit))
+        self.warmup_steps = min(self.warmup_steps, max(1, self.total_steps // 10))
+        self.budget_fixed = True
+        log.info("%.2f s/step: %d steps fit the %.1f-minute budget", per_step, self.total_steps, budget / 60)
+
+    def _train_step(self, images: torch.Tensor, targets: list[dict[str, Any]], scaler: Any) -> dict[str, float]:
+        opt = self.config.optim
+        lr = learning_rate(
+            self.step, base_lr=self.base_lr, total_steps=self.total_steps,
+            warmup_steps=self.warmup_steps, warmup_factor=opt.warmup_factor,
+            schedule=opt.schedule, min_lr_factor=opt.min_lr_factor,
+        )
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        images = images.to(self.device, non_blocking=True)
+        targets = [
+            {"boxes": t["boxes"].to(self.device), "labels": t["labels"].to(self.device)} for t in targets
+        ]
+        with self._autocast():
+            out = self.ddp(images, targets)
+        loss = out["loss"]
+        if self.dist.enabled:
+            # The loss is normalised by the positives of the whole global batch; DDP averages
+            # gradients over processes, so scale back to the gradient of the combined batch.
+            loss = loss * self.dist.world_size
+        finite = torch.isfinite(loss.detach()).float()
+        if self.dist.enabled:
+            finite = all_reduce_sum(finite) / self.dist.world_size
+        self.optimizer.zero_grad(set_to_none=True)
+        row = {
+            "step": float(self.step + 1),
+            "epoch": (self.step + 1) / self.steps_per_epoch,
+            "loss": float(out["loss"].detach()),
+            "class_loss": float(out["class_loss"].detach()),
+            "box_loss": float(out["box_loss"].detach()),
+            "lr": lr,
+        }
+        if finite.item() < 1.0:
+            self.nonfinite_total += 1
+            self.nonfinite_in_a_row += 1
+            log.warning("step %d: non-finite loss, step skipped (%d in a row)", self.step + 1, self.nonfinite_in_a_row)
+            if self.nonfinite_in_a_row >= self.config.run.max_nonfinite:
+                self.save()
+                raise TrainingError(
+                    f"{self.nonfinite_in_a_row} non-finite losses in a row at step {self.step + 1}. "
+                    f"Lower the learning rate (optim.lr, now {self.base_lr:g}), raise run.batch_size, "
+                    "keep gradient clipping on (optim.clip_grad), or check the boxes "
+                    "(efficientdet check-data). The last good state is saved."
+                )
+            return row
+        self.nonfinite_in_a_row = 0
+        scaler.scale(loss).backward()
+        if opt.clip_grad > 0:
+            scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(
+                [p for p in self.model.parameters() if p.requires_grad], opt.clip_grad
+            )
+        scaler.step(self.optimizer)
+        scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return row
+
+    def _evaluate(self) -> dict[str, float] | None:
+        if self.val_data is None or not self.dist.is_main:
+            return None
+        model = self.eval_model()
+        detector = Detector(model).to(self.device)
+        result, results = evaluate_detector(
+            detector, self.val_data, image_size=model.config.image_size,  # type: ignore[union-attr, arg-type]
+            mean=model.config.mean, std=model.config.std,  # type: ignore[union-attr, arg-type]
+            batch_size=self.config.run.eval_batch_size, device=self.device,
+        )
+        self._train_mode()
+        self.last_eval = (result, results)
+        return result.metrics
+
+    def _end_of_epoch(self, epoch: int) -> None:
+        every = self.config.run.eval_every
+        metrics = None
+        if every and epoch % every == 0 and self.step < self.total_steps:
+            metrics = self._evaluate()
+        if self.logger is not None:
+            row: dict[str, float] = {"epoch": float(epoch), "step": float(self.step)}
+            if metrics:
+                row.update(metrics)
+            self.logger.log_epoch(row)
+        if metrics is not None:
+            log.info("epoch %d: %s", epoch, format_metrics(self.last_eval[0]))
+            if metrics["AP"] > self.best_ap:
+                self.best_ap = metrics["AP"]
+                save_checkpoint(self.eval_model(), self.run_dir / BEST_WEIGHTS, metadata=self._metadata())
+        self.save()
+
+    def _final_evaluation(self) -> dict[str, float] | None:
+        metrics = self._evaluate()
+        if metrics is None:
+            return None
+        result, results = self.last_eval
+        write_eval_outputs(result, self.run_dir / "eval", results)
+        if self.logger is not None:
+            row = {"epoch": self.step / self.steps_per_epoch, "step": float(self.step), **metrics}
+            self.logger.log_epoch(row)
+        log.info("final evaluation: %s", format_metrics(result))
+        if metrics["AP"] > self.best_ap:
+            self.best_ap = metrics["AP"]
+        save_checkpoint(self.eval_model(), self.run_dir / LAST_WEIGHTS, metadata=self._metadata())
+        if metrics["AP"] >= self.best_ap:
+            save_checkpoint(self.eval_model(), self.run_dir / BEST_WEIGHTS, metadata=self._metadata())
+        return metrics
+
+
+def train(
+    config: TrainConfig,
+    *,
+    resume: str | Path | None = None,
+    on_step: Callable[[int, dict[str, float]], bool] | None = None,
+) -> TrainResult:
+    """Run (or resume) training; see :class:`Trainer`."""
+    trainer = Trainer.resume(resume, on_step=on_step) if resume else Trainer(config, on_step=on_step)
+    return trainer.fit()

@@ -1,0 +1,150 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from efficientdet.train import (
+    STATE_FILE,
+    Trainer,
+    TrainingError,
+    load_config,
+    train,
+)
+from efficientdet.train.config import parse_override
+from efficientdet.train.schedule import learning_rate
+
+
+def _config(tiny_demo, out: Path, *extra: str):
+    return load_config(
+        None,
+        [
+            "model.name=efficientdet_test",
+            "model.pretrained_backbone=false",
+            f"data.train={tiny_demo.data_yaml}",
+            f"run.out_dir={out}",
+            "run.batch_size=4",
+            "run.progress=false",
+            "run.eval_every=0",
+            "run.save_every_steps=0",
+            "data.num_workers=0",
+            *extra,
+        ],
+    )
+
+
+def test_config_overrides_and_errors(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  name: tf_efficientdet_lite0\noptim:\n  lr: 0.01\n")
+    cfg = load_config(path, ["optim.lr=0.02", "run.batch_size=3", "model.image_size=256"])
+    assert cfg.model.name == "tf_efficientdet_lite0" and cfg.optim.lr == 0.02
+    assert cfg.run.batch_size == 3 and cfg.model.image_size == (256, 256)
+    assert parse_override("data.train=a=b.json") == (["data", "train"], "a=b.json")
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['optim.lrr'\]"):
+        load_config(None, ["optim.lrr=1"])
+    with pytest.raises(ValueError, match="section.key"):
+        load_config(None, ["lr=1"])
+    with pytest.raises(ValueError, match="optim.optimizer='adam' is not one of"):
+        load_config(None, ["optim.optimizer=adam"])
+    with pytest.raises(FileNotFoundError):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_official_lr_scaling_and_schedule() -> None:
+    cfg = load_config(None, [])
+    assert cfg.optim.base_lr(64) == pytest.approx(0.08) and cfg.optim.base_lr(128) == pytest.approx(0.16)
+    lrs = [learning_rate(s, base_lr=0.08, total_steps=100, warmup_steps=10, warmup_factor=0.1) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.008) and lrs[10] == pytest.approx(0.08)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False)) and lrs[-1] < 0.001
+
+
+def test_tiny_training_lowers_the_loss(tiny_demo, tmp_path: Path) -> None:
+    cfg = _config(
+        tiny_demo, tmp_path / "run", "run.max_steps=36", "optim.optimizer=adamw", "optim.lr=0.01",
+        "data.augment=false", "optim.warmup_epochs=0.5", f"data.val={tiny_demo.data_yaml}",
+    )
+    result = train(cfg)
+    assert result.status == "finished" and result.step == 36
+    first, last = sum(result.losses[:6]) / 6, sum(result.losses[-6:]) / 6
+    assert last < 0.7 * first, (first, last)
+    run = tmp_path / "run"
+    for name in ("config.yaml", "steps.csv", "epochs.csv", "last.safetensors", "best.safetensors",
+                 STATE_FILE, "loss.png", "lr.png", "eval/metrics.json", "eval/per_class_ap.png"):
+        assert (run / name).is_file(), name
+    assert result.metrics is not None and 0.0 <= result.metrics["AP"] <= 1.0
+
+
+def test_resume_follows_the_same_trajectory(tiny_demo, tmp_path: Path) -> None:
+    extra = ("run.max_steps=10", "data.num_workers=1")
+    whole = train(_config(tiny_demo, tmp_path / "a", *extra))
+    first = train(_config(tiny_demo, tmp_path / "b", *extra), on_step=lambda step, row: step == 4)
+    assert first.status == "interrupted" and first.step == 4
+    rest = Trainer.resume(tmp_path / "b").fit()
+    assert rest.status == "finished"
+    assert first.losses + rest.losses == whole.losses
+    a = torch.load(tmp_path / "a" / STATE_FILE, weights_only=True)["model"]
+    b = torch.load(tmp_path / "b" / STATE_FILE, weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_non_finite_losses_are_skipped_then_stop_the_run(tiny_demo, tmp_path: Path, monkeypatch) -> None:
+    from efficientdet.detector import Detector
+
+    real = Detector.loss
+    calls = {"n": 0}
+
+    def flaky(self, images, targets):
+        out = real(self, images, targets)
+        calls["n"] += 1
+        if calls["n"] in (2, 3) or calls["n"] >= 5:
+            out = {k: v * float("nan") for k, v in out.items()}
+        return out
+
+    monkeypatch.setattr(Detector, "loss", flaky)
+    cfg = _config(tiny_demo, tmp_path / "nan", "run.max_steps=20", "run.max_nonfinite=3")
+    with pytest.raises(TrainingError, match="non-finite losses in a row.*learning rate"):
+        train(cfg)
+    state = torch.load(tmp_path / "nan" / STATE_FILE, weights_only=True)
+    assert state["nonfinite_total"] == 5 and state["step"] == 6
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_refuses_to_start_without_boxes(tmp_path: Path) -> None:
+    import json
+
+    ann = tmp_path / "empty.json"
+    ann.write_text(json.dumps({"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}]}))
+    with pytest.raises((TrainingError, ValueError)):
+        train(load_config(None, [f"data.train={ann}", "model.name=efficientdet_test",
+                                  "model.pretrained_backbone=false", f"run.out_dir={tmp_path / 'r'}"]))
+
+
+def test_two_processes_equal_one_process_on_the_combined_batch(tiny_demo, tmp_path: Path) -> None:
+    """torchrun with 2 gloo processes of batch 2 ends with the weights of 1 process of batch 4.
+
+    BN is frozen (``model.freeze_bn``): on CPU there is no SyncBatchNorm, so batch statistics
+    would differ between a split and a combined batch.
+    """
+    common = [
+        "model.name=efficientdet_test", "model.pretrained_backbone=false", "model.freeze_bn=true",
+        f"data.train={tiny_demo.data_yaml}", "run.max_steps=3", "run.progress=false",
+        "run.eval_every=0", "data.num_workers=0", "optim.ema_decay=0", "data.augment=true",
+    ]
+    single = _config(tiny_demo, tmp_path / "single", *common[3:], "model.freeze_bn=true",
+                     "run.batch_size=4", "optim.lr=0.05")
+    train(single)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "efficientdet", "train",
+        *[arg for kv in common for arg in ("--set", kv)],
+        "--set", "run.batch_size=2", "--set", "optim.lr=0.05", "--set", f"run.out_dir={tmp_path / 'ddp'}",
+    ]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a = torch.load(tmp_path / "single" / STATE_FILE, weights_only=True)["model"]
+    b = torch.load(tmp_path / "ddp" / STATE_FILE, weights_only=True)["model"]
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
