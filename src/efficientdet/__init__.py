@@ -50,4 +50,19 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_EXPORTS])
 
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [
+    "AnchorConfig",
+    "Anchors",
+    "Detector",
+    "EfficientDet",
+    "ModelConfig",
+    "__version__",
+    "create_model",
+    "generate_anchors",
+    "get_config",
+    "list_models",
+    "load_checkpoint",
+    "load_trained",
+    "register_model",
+    "save_checkpoint",
+]

@@ -134,7 +134,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0 if result.status == "finished" else 3
 
 
-def _resume_with(run_dir: str, overrides: list[str]):  # type: ignore[no-untyped-def]
+def _resume_with(run_dir: str, overrides: list[str]) -> Any:
     from .train import Trainer
 
     return Trainer.resume(run_dir, overrides=overrides).fit()

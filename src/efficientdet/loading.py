@@ -59,7 +59,7 @@ def load_trained(
             "(see `efficientdet list`)"
         )
     if image_size is not None:
-        config = replace(config, image_size=tuple(image_size))
+        config = replace(config, image_size=(int(image_size[0]), int(image_size[1])))
     model = EfficientDet(config)
     if is_effdet_state_dict(state):
         state = convert_effdet_state_dict(state, model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import signal
@@ -9,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -123,7 +124,8 @@ def set_frozen_bn_eval(modules: list[nn.Module]) -> None:
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on conv/linear weights only; none on BN parameters, biases or fusion weights."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -137,7 +139,7 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
 def _rng_state() -> dict[str, Any]:
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state()[1].tolist(),  # type: ignore[index]
+        "numpy": _numpy_state(),
         "python": list(random.getstate()[1]),
     }
     if torch.cuda.is_available():
@@ -145,10 +147,18 @@ def _rng_state() -> dict[str, Any]:
     return state
 
 
+def _numpy_state() -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = cast(tuple[Any, ...], np.random.get_state(legacy=True))
+    return {"name": name, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
+            "cached": float(cached)}
+
+
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np_state = np.random.get_state()
-    np.random.set_state((np_state[0], np.array(state["numpy"], dtype=np.uint32), 624, 0, 0.0))
+    n = state["numpy"]
+    np.random.set_state(
+        (n["name"], np.array(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["cached"])
+    )
     py = random.getstate()
     random.setstate((py[0], tuple(state["python"]), None))
     if "cuda" in state and torch.cuda.is_available():
@@ -389,18 +399,16 @@ class Trainer:
             generator=torch.Generator(),  # keeps the global RNG untouched (resume equality)
         )
 
-    def _install_signals(self) -> dict[int, Any]:
-        previous = {}
+    def _install_signals(self) -> dict[Any, Any]:
+        previous: dict[Any, Any] = {}
 
         def handler(signum: int, frame: Any) -> None:
             log.warning("signal %d: saving a checkpoint and stopping after this step", signum)
             self.stop_requested = True
 
         for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
+            with contextlib.suppress(ValueError):  # not the main thread
                 previous[sig] = signal.signal(sig, handler)
-            except ValueError:  # not the main thread
-                pass
         return previous
 
     def _autocast(self) -> Any:
@@ -557,9 +565,10 @@ class Trainer:
             return None
         model = self.eval_model()
         detector = Detector(model).to(self.device)
+        config = detector.config
         result, results = evaluate_detector(
-            detector, self.val_data, image_size=model.config.image_size,  # type: ignore[union-attr, arg-type]
-            mean=model.config.mean, std=model.config.std,  # type: ignore[union-attr, arg-type]
+            detector, self.val_data, image_size=config.image_size,
+            mean=config.mean, std=config.std,
             batch_size=self.config.run.eval_batch_size, device=self.device,
         )
         self._train_mode()
@@ -602,11 +611,16 @@ class Trainer:
 
 
 def train(
-    config: TrainConfig,
+    config: TrainConfig | None,
     *,
     resume: str | Path | None = None,
     on_step: Callable[[int, dict[str, float]], bool] | None = None,
 ) -> TrainResult:
     """Run (or resume) training; see :class:`Trainer`."""
-    trainer = Trainer.resume(resume, on_step=on_step) if resume else Trainer(config, on_step=on_step)
+    if resume:
+        trainer = Trainer.resume(resume, on_step=on_step)
+    elif config is None:
+        raise ValueError("train() needs a config, or resume= a run folder")
+    else:
+        trainer = Trainer(config, on_step=on_step)
     return trainer.fit()
