@@ -12,6 +12,7 @@ from efficientdet.boxes import box_iou, encode, flatten_level_outputs
 from efficientdet.config import AnchorConfig
 from efficientdet.postprocess import (
     PostprocessConfig,
+    class_aware_nms,
     letterbox_to_original,
     postprocess,
     select_top_k,
@@ -161,10 +162,13 @@ def test_max_detections() -> None:
 
 
 @pytest.mark.parametrize("k", [1, 37, 500, 10**6])
-def test_select_top_k_equals_a_full_sort(k: int) -> None:
+@pytest.mark.parametrize("traceable", [False, True])
+def test_select_top_k_equals_a_full_sort(k: int, traceable: bool) -> None:
     g = torch.Generator().manual_seed(k)
     logits = torch.randn(2, ANCHORS.shape[0], NUM_CLASSES, generator=g)
-    scores, anchor_index, labels = select_top_k(to_levels(logits), NUM_CLASSES, k)
+    scores, anchor_index, labels = select_top_k(
+        to_levels(logits), NUM_CLASSES, k, traceable=traceable
+    )
     expected = logits.reshape(2, -1).topk(min(k, logits[0].numel()), dim=1).values.sigmoid()
     torch.testing.assert_close(scores.sort(dim=1, descending=True).values, expected)
     # Each candidate's (anchor, label) points at its own logit.
@@ -226,3 +230,26 @@ def test_config_validation_names_the_choices() -> None:
             NUM_CLASSES,
             INPUT_SIZE,
         )
+
+
+@pytest.mark.parametrize("count", [300, 3000])
+def test_class_aware_nms_equals_torchvision_batched_nms(count: int) -> None:
+    import torchvision
+
+    generator = torch.Generator().manual_seed(count)
+    corners = torch.rand(count, 2, generator=generator) * 200
+    boxes = torch.cat([corners, corners + 5 + 40 * torch.rand(count, 2, generator=generator)], 1)
+    scores = torch.randperm(count, generator=generator).float() / count  # no ties
+    labels = torch.randint(0, 40, (count,), generator=generator)
+    keep = class_aware_nms(boxes, scores, labels, 0.5)
+    assert keep.tolist() == torchvision.ops.batched_nms(boxes, scores, labels, 0.5).tolist()
+    assert class_aware_nms(boxes[:0], scores[:0], labels[:0], 0.5).shape == (0,)
+
+
+def test_select_top_k_with_nan_logits_falls_back_to_the_gather() -> None:
+    logits = torch.randn(1, ANCHORS.shape[0], NUM_CLASSES, generator=torch.Generator().manual_seed(3))
+    logits[0, 5, 1] = float("nan")
+    fast = select_top_k(to_levels(logits), NUM_CLASSES, 100)
+    exact = select_top_k(to_levels(logits), NUM_CLASSES, 100, traceable=True)
+    assert fast[0].shape == exact[0].shape == (1, 100)
+    assert torch.equal(fast[1].sort().values, exact[1].sort().values)

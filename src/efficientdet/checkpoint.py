@@ -17,7 +17,8 @@ from typing import Any, cast
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
 from .config import AnchorConfig, ModelConfig
@@ -78,7 +79,12 @@ def config_from_dict(data: Mapping[str, Any]) -> ModelConfig:
 
 def atomic_write(path: str | Path, write: Any) -> None:
     """Call ``write(tmp_path)`` then rename onto ``path``: a crash never leaves half a file,
-    and a failed write (disk full) leaves the previous file intact."""
+    and a failed write (disk full) leaves the previous file intact and no temporary file.
+
+    Raises:
+        OSError: the write failed; when the error does not name a file, it is re-raised (same
+            errno, same subclass) naming ``path``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -88,8 +94,10 @@ def atomic_write(path: str | Path, write: Any) -> None:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno is not None and err.filename is None:
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
         raise
 
 
@@ -105,7 +113,10 @@ def save_checkpoint(
         header["config"] = json.dumps(config_to_dict(config))
     if metadata:
         header["metadata"] = json.dumps(dict(metadata))
-    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=header))
+    # Serialise in memory, write with Python: a full disk then raises OSError(ENOSPC) naming
+    # the file (safetensors' own writer raises a bare SafetensorError).
+    data = safetensors_bytes(state, metadata=header)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
     return Path(path)
 
 
@@ -157,7 +168,10 @@ def _read_safetensors(path: Path) -> Checkpoint:
         raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {err}") from err
     if header.get("format") != FORMAT_NAME:
         return Checkpoint(state_dict=dict(state), source_format="safetensors")
-    version = int(header.get("format_version", "0"))
+    try:
+        version = int(header.get("format_version", "0"))
+    except ValueError as err:
+        raise CheckpointError(f"{path}: the format version in the header is not a number: {err}") from err
     if version > FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: written by a newer efficientdet (checkpoint format {version}, this version "
@@ -169,7 +183,14 @@ def _read_safetensors(path: Path) -> Checkpoint:
             config = config_from_dict(json.loads(header["config"]))
         except (ValueError, TypeError) as err:
             raise CheckpointError(f"{path}: the stored model configuration is invalid: {err}") from err
-    metadata = json.loads(header["metadata"]) if "metadata" in header else {}
+    metadata: Any = {}
+    if "metadata" in header:
+        try:
+            metadata = json.loads(header["metadata"])
+        except ValueError as err:
+            raise CheckpointError(f"{path}: the stored metadata is not valid JSON: {err}") from err
+        if not isinstance(metadata, dict):
+            raise CheckpointError(f"{path}: the stored metadata must be a JSON object")
     return Checkpoint(state_dict=dict(state), config=config, metadata=metadata)
 
 

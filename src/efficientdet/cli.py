@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("efficientdet")
@@ -57,8 +58,13 @@ def _info_row(name: str) -> dict[str, Any]:
 def _cmd_info(args: argparse.Namespace) -> int:
     from .registry import list_models
 
-    names = list_models() if args.all or not args.names else args.names
-    rows = [_info_row(n) for n in names]
+    if args.phi:
+        from .scaling import info_for_phi
+
+        rows = [info_for_phi(phi, neck=args.neck) for phi in args.phi]
+    else:
+        names = list_models() if args.all or not args.names else args.names
+        rows = [_info_row(n) for n in names]
     if args.json:
         print(json.dumps(rows if len(rows) > 1 else rows[0], indent=2))
         return 0
@@ -88,10 +94,12 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 @command("check-data")
 def _cmd_check_data(args: argparse.Namespace) -> int:
-    from .data import check_dataset, format_report, load_dataset
+    from .data import check_dataset, format_report
 
-    data = load_dataset(args.data, args.split, strict=False)
-    report = check_dataset(data, input_size=args.image_size, decode_images=not args.no_decode)
+    # A path: an annotation file that cannot be read becomes a fatal problem in the report.
+    report = check_dataset(
+        args.data, split=args.split, input_size=args.image_size, decode_images=not args.no_decode
+    )
     print(format_report(report))
     return 1 if report.fatal else 0
 
@@ -149,6 +157,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_detector, format_metrics, write_eval_outputs
     from .loading import load_trained
 
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise NotADirectoryError(f"{args.out}: --out exists and is not a folder")
     loaded = load_trained(args.weights, model_name=args.model, image_size=_size(args.image_size))
     data = load_dataset(args.data, args.split, class_names=loaded.class_names)
     if loaded.class_names is not None and data.class_names != loaded.class_names:
@@ -168,23 +178,36 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.out:
         paths = write_eval_outputs(result, args.out, results)
         print(f"wrote {', '.join(str(p) for p in paths.values())}")
-    return 0
+    for problem in result.unreadable:
+        print(f"  failed: {problem}", file=sys.stderr)
+    return 1 if result.unreadable else 0
 
 
 def _size(value: list[int] | None) -> tuple[int, int] | None:
     if not value:
         return None
+    if len(value) > 2:
+        raise ValueError(f"--image-size takes H or H W, got {len(value)} values")
     if len(value) == 1:
         return (value[0], value[0])
     return (value[0], value[1])
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: a positive integer, refused with a clear message otherwise."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 # ---- prediction ------------------------------------------------------------------------------
 
 
 def _read_class_file(path: str) -> list[str]:
-    from pathlib import Path
-
     names = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
     if not names:
         raise ValueError(f"{path}: no class names (one per line expected)")
@@ -193,26 +216,24 @@ def _read_class_file(path: str) -> list[str]:
 
 @command("predict")
 def _cmd_predict(args: argparse.Namespace) -> int:
-    import torch
-
-    from .detector import Detector
-    from .loading import load_trained
+    from .onnx_backend import build_predictor
     from .predict import collect_sources, run_prediction
 
-    loaded = load_trained(args.weights, model_name=args.model, image_size=_size(args.image_size))
-    class_names = _read_class_file(args.classes) if args.classes else loaded.class_names
-    num_classes = loaded.model.config.num_classes
-    if class_names is not None and len(class_names) != num_classes:
-        raise ValueError(f"{len(class_names)} class names for a model with {num_classes} classes")
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    detector = Detector(
-        loaded.model, nms=args.nms, max_detections=args.max_detections,
+    predictor = build_predictor(
+        args.weights, backend=args.backend, model_name=args.model,
+        image_size=_size(args.image_size), nms=args.nms, max_detections=args.max_detections,
         score_threshold=min(args.score_threshold, 0.001) if args.all_scores else args.score_threshold,
-    ).to(device).eval()
+        device=args.device, optimize=args.optimize,
+    )
+    class_names = _read_class_file(args.classes) if args.classes else predictor.class_names
+    if class_names is not None and len(class_names) != predictor.num_classes:
+        raise ValueError(
+            f"{len(class_names)} class names for a model with {predictor.num_classes} classes"
+        )
     sources = collect_sources(args.sources)
     report = run_prediction(
-        detector.predict, sources, args.out, class_names=class_names,
-        label_to_category_id=loaded.label_to_category_id, score_threshold=args.score_threshold,
+        predictor.predict_fn, sources, args.out, class_names=class_names,
+        label_to_category_id=predictor.label_to_category_id, score_threshold=args.score_threshold,
         batch_size=args.batch_size, progress=not args.quiet,
     )
     print(report.summary())
@@ -237,6 +258,37 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- research commands -------------------------------------------------------------------------
+
+
+@command("ablate")
+def _cmd_ablate(args: argparse.Namespace) -> int:
+    from .ablation import cmd_ablate
+
+    return cmd_ablate(args)
+
+
+@command("create")
+def _cmd_create(args: argparse.Namespace) -> int:
+    from .scaling import cmd_create
+
+    return cmd_create(args)
+
+
+@command("scaling-study")
+def _cmd_scaling_study(args: argparse.Namespace) -> int:
+    from .scaling_study import cmd_scaling_study
+
+    return cmd_scaling_study(args)
+
+
+@command("export")
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import cmd_export
+
+    return cmd_export(args)
+
+
 # ---- parser ------------------------------------------------------------------------------------
 
 
@@ -255,6 +307,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*", metavar="NAME", help="model names (default: all)")
     p.add_argument("--all", action="store_true", help="every registered model")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--phi", type=float, action="append", help="a compound-scaled model (repeatable)")
+    p.add_argument("--neck", help="neck for --phi models")
+
+    from .ablation import add_ablate_arguments
+    from .export import add_export_arguments
+    from .scaling import add_create_arguments
+    from .scaling_study import add_scaling_study_arguments
+
+    add_ablate_arguments(sub.add_parser("ablate", help="compare the feature networks (necks)"))
+    add_export_arguments(
+        sub.add_parser("export", help="export to ONNX (decoding and NMS inside unless --raw)")
+    )
+    add_create_arguments(
+        sub.add_parser("create", help="build a compound-scaled model (any phi) and save it")
+    )
+    add_scaling_study_arguments(
+        sub.add_parser("scaling-study", help="compound vs single-dimension scaling at matched FLOPs")
+    )
 
     p = sub.add_parser("list", help="list registered model names")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'tf_*'")
@@ -262,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-data", help="validate a dataset before a long run")
     p.add_argument("--data", required=True, help="COCO .json, VOC/YOLO folder or data.yaml")
     p.add_argument("--split", default="train")
-    p.add_argument("--image-size", type=int, default=512, help="network input used for the level histogram")
+    p.add_argument("--image-size", type=_positive_int, default=512, help="network input used for the level histogram")
     p.add_argument("--no-decode", action="store_true", help="check image headers only (faster)")
 
     p = sub.add_parser("demo-data", help="write the bundled digit-scenes dataset (COCO format)")
@@ -270,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-train", type=int, default=1600)
     p.add_argument("--num-val", type=int, default=250)
-    p.add_argument("--image-size", type=int, default=320)
+    p.add_argument("--image-size", type=_positive_int, default=320)
 
     p = sub.add_parser("train", help="train on a dataset (YAML config + --set overrides)")
     p.add_argument("--config", help="YAML file with model/data/optim/run sections")
@@ -290,8 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nms", choices=["hard", "soft"], default="hard")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--device", default="auto")
-    p.add_argument("--image-size", type=int, nargs="+", metavar="SIDE", help="H [W] of the network input")
+    p.add_argument("--image-size", type=_positive_int, nargs="+", metavar="SIDE", help="H [W] of the network input")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--backend", choices=["auto", "pytorch", "onnxruntime"], default="auto",
+                   help="auto: ONNX Runtime for .onnx weights, PyTorch otherwise")
+    p.add_argument("--optimize", action="store_true",
+                   help="PyTorch: fold BN, channels-last (same detections, faster on CPU)")
 
     p = sub.add_parser("demo", help="the main job: train Lite0 on the bundled data and report")
     p.add_argument("--out", default="runs/demo", help="run folder with the report")
@@ -305,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val")
     p.add_argument("--model", help="architecture, when the weights file does not record it")
     p.add_argument("--out", help="folder for metrics.json, per_class_ap.png, detections.json")
-    p.add_argument("--image-size", type=int, nargs="+", metavar="SIDE")
+    p.add_argument("--image-size", type=_positive_int, nargs="+", metavar="SIDE")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto")
     p.add_argument("--nms", choices=["hard", "soft"], default="hard")
@@ -327,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, PermissionError, RuntimeError) as err:
+    except (ValueError, OSError, RuntimeError) as err:
         if args.verbose:
             raise
         print(f"efficientdet {args.command}: error: {err}", file=sys.stderr)

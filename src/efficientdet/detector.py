@@ -205,11 +205,15 @@ class Detector(nn.Module):
         param = next(self.model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
         was_training = self.training
-        self.eval()
+        # Switching modes walks every module (~3 ms for D0): only when something trains.
+        switch = any(module.training for module in self.modules())
+        if switch:
+            self.eval()
         try:
             detections = self.detect(batch.to(device))
         finally:
-            self.train(was_training)
+            if switch:
+                self.train(was_training)
         for det, info in zip(detections, infos, strict=True):
             det["boxes"] = letterbox_to_original(det["boxes"], info.scale, info.original_size)
         return detections

@@ -28,12 +28,17 @@ STAT_NAMES = (
 
 @dataclass
 class EvalResult:
-    """COCO metrics (``-1`` where a category of sizes has no ground truth)."""
+    """COCO metrics (``-1`` where a category of sizes has no ground truth).
+
+    ``unreadable`` lists the images that could not be read (file and problem); they are left
+    out of the ground truth and the metrics.
+    """
 
     metrics: dict[str, float]
     per_class_ap: dict[str, float] = field(default_factory=dict)
     num_images: int = 0
     num_detections: int = 0
+    unreadable: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -41,6 +46,7 @@ class EvalResult:
             "per_class_ap": self.per_class_ap,
             "num_images": self.num_images,
             "num_detections": self.num_detections,
+            "unreadable_images": self.unreadable,
         }
 
 
@@ -116,10 +122,16 @@ def predict_dataset(
     device: torch.device | str = "cpu",
     progress: bool = False,
 ) -> list[dict[str, Tensor]]:
-    """Detections for every sample of ``data`` in original-image pixels (letterboxed input)."""
+    """Detections for every sample of ``data`` in original-image pixels (letterboxed input).
+
+    An image that cannot be read gets no detections and an ``"unreadable"`` entry (the file
+    and the problem) in its dict, instead of stopping the run.
+    """
     from torch.utils.data import DataLoader
 
-    dataset = DetectionDataset(data, build_transform(image_size, train=False, mean=mean, std=std))
+    dataset = DetectionDataset(
+        data, build_transform(image_size, train=False, mean=mean, std=std), on_unreadable="blank"
+    )
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
         collate_fn=collate_detection,
@@ -135,6 +147,12 @@ def predict_dataset(
     for images, targets in iterator:
         detections = detector(images.to(device))
         for det, target in zip(detections, targets, strict=True):
+            if "unreadable" in target:
+                outputs.append({
+                    "boxes": torch.zeros(0, 4), "scores": torch.zeros(0),
+                    "labels": torch.zeros(0, dtype=torch.int64), "unreadable": target["unreadable"],
+                })
+                continue
             h, w = target["original_size"]
             scale = float(target["scale"])
             boxes = det["boxes"].float() / scale
@@ -157,7 +175,11 @@ def evaluate_detector(
     device: torch.device | str = "cpu",
     progress: bool = False,
 ) -> tuple[EvalResult, list[dict[str, Any]]]:
-    """COCO metrics of ``detector`` on ``data``; also returns the COCO results entries."""
+    """COCO metrics of ``detector`` on ``data``; also returns the COCO results entries.
+
+    Images that cannot be read are logged, left out of the ground truth and listed in
+    ``EvalResult.unreadable``; the others are evaluated.
+    """
     detections = predict_dataset(
         detector, data, image_size=image_size, mean=mean, std=std, batch_size=batch_size,
         num_workers=num_workers, device=device, progress=progress,
@@ -165,7 +187,20 @@ def evaluate_detector(
     results = detections_to_coco(
         [s.image_id for s in data.samples], detections, data.label_to_category_id
     )
-    return coco_evaluate(coco_dict(data), results), results
+    unreadable = {
+        s.image_id: det["unreadable"]
+        for s, det in zip(data.samples, detections, strict=True)
+        if "unreadable" in det
+    }
+    if unreadable:
+        log.warning(
+            "%d of %d images could not be read and are left out of the metrics",
+            len(unreadable), len(data.samples),
+        )
+        data = data.without_images(unreadable)
+    result = coco_evaluate(coco_dict(data), results)
+    result.unreadable = list(unreadable.values())
+    return result, results
 
 
 def write_eval_outputs(result: EvalResult, out_dir: str | Path, results: list[dict] | None = None) -> dict[str, Path]:

@@ -67,4 +67,11 @@ def load_trained(
     meta = ckpt.metadata
     names = meta.get("class_names")
     ids = meta.get("label_to_category_id")
+    for key, value, kind in (("class_names", names, str), ("label_to_category_id", ids, int)):
+        if value is not None and not (
+            isinstance(value, list) and all(type(v) is kind for v in value)
+        ):
+            raise CheckpointError(
+                f"{path}: '{key}' in the header must be a list of {kind.__name__}, got {value!r:.80}"
+            )
     return LoadedModel(model.eval(), names, ids, meta)

@@ -300,9 +300,13 @@ class _Results:
 
     def write(self, path: Path) -> None:
         partial = path.with_name(path.name + ".partial")
-        with open(partial, "w", encoding="utf-8") as f:
-            json.dump(self.records, f)
-        partial.replace(path)
+        try:
+            with open(partial, "w", encoding="utf-8") as f:
+                json.dump(self.records, f)
+            partial.replace(path)
+        except BaseException:
+            partial.unlink(missing_ok=True)  # a full disk leaves no half-written file behind
+            raise
 
 
 @dataclass
@@ -554,7 +558,8 @@ def run_prediction(
             ``batch_size`` upright RGB images at a time.
         sources: image and video paths (see :func:`collect_sources`); videos are recognised
             by extension (:data:`VIDEO_EXTENSIONS`).
-        out_dir: output folder, created if missing.
+        out_dir: output folder, created if missing; a path that exists and is not a folder
+            raises ``NotADirectoryError``.
         class_names: names by label, for the drawn tags.
         label_to_category_id: label -> COCO ``category_id`` (mapping or sequence); without
             it ``category_id`` is the label. A label without an entry raises ``ValueError``.
@@ -577,6 +582,8 @@ def run_prediction(
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out}: the output folder exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     show = progress and sys.stderr.isatty()
     job = _Job(

@@ -24,12 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 
 from .load import load_dataset
 from .sample import (
     FATAL,
+    IMAGE_ERRORS,
     INFO,
     WARNING,
     DataError,
@@ -102,7 +103,7 @@ def _check_images(data: DetectionData, issues: IssueLog, decode: bool) -> list[i
             issues.add("missing_image", f"{ctx}: file not found")
             bad.append(sample.image_id)
             continue
-        except (OSError, UnidentifiedImageError, SyntaxError) as err:
+        except IMAGE_ERRORS as err:
             issues.add("unreadable_image", f"{ctx}: {err}")
             bad.append(sample.image_id)
             continue
@@ -221,6 +222,8 @@ def check_dataset(
             issues.add("class_without_boxes", f"class {label} ({data.class_names[label]!r})")
     if report.num_images == 0:
         issues.add("no_images", f"{data.source}: no usable images")
+    elif len(set(report.bad_image_ids)) == report.num_images:
+        issues.add("no_images", f"{data.source}: none of the {report.num_images} image(s) can be read")
     elif report.num_boxes == 0:
         issues.add("no_boxes", f"{data.source}: no boxes in {report.num_images} image(s)")
     return report

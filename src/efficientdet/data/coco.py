@@ -17,6 +17,7 @@ from .sample import (
     DetectionData,
     IssueLog,
     is_finite_number,
+    is_image_side,
     make_sample,
     read_image_size,
     where,
@@ -66,7 +67,7 @@ def _read_bbox(value: Any, ctx: str, issues: IssueLog) -> list[float] | None:
             issues.add("invalid_annotation", f"{ctx}: 'bbox' has a non-numeric value {v!r:.40}")
             return None
         if not is_finite_number(v):
-            issues.add("invalid_annotation", f"{ctx}: 'bbox' has a non-finite value {v!r}")
+            issues.add("invalid_annotation", f"{ctx}: 'bbox' has a non-finite value {v!r:.40}")
             return None
     x, y, w, h = (float(v) for v in value)
     return [x, y, x + w, y + h]
@@ -93,7 +94,8 @@ def load_coco(
 
     Returns:
         :class:`DetectionData` with one sample per image, in file order. Images without
-        ``width``/``height`` get their size from the image header.
+        ``width``/``height`` (or with values that are not positive integers of at most
+        ``2**31 - 1``) get their size from the image header.
 
     Raises:
         DataError: the file cannot be read, is not JSON (with line and column), lacks the
@@ -138,7 +140,7 @@ def load_coco(
             continue
         width, height = img.get("width"), img.get("height")
         size: tuple[int, int] | None = None
-        if isinstance(width, int) and isinstance(height, int) and min(width, height) > 0:
+        if is_image_side(width) and is_image_side(height):
             size = (height, width)
         images[image_id] = (file_name, size)
 
@@ -168,8 +170,8 @@ def load_coco(
                 f"(declared: {category_ids[:20]})",
             )
             continue
-        if image_id not in per_image:
-            issues.add("unknown_image_id", f"{ctx}: image_id {image_id!r} is not in 'images'")
+        if not _is_int(image_id) or image_id not in per_image:  # a list or dict is unhashable
+            issues.add("unknown_image_id", f"{ctx}: image_id {image_id!r:.40} is not in 'images'")
             continue
         box = _read_bbox(ann.get("bbox"), ctx, issues)
         if box is None:

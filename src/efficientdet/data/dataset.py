@@ -4,10 +4,16 @@ Augmentation randomness is reproducible whatever the number of workers: the load
 :func:`build_dataloader` uses :class:`SeededSampler`, which hands each index together with
 a seed drawn once per epoch, and the dataset seeds a private generator for that item from
 ``(epoch seed, index)``. Plain integer indexing uses the global torch RNG.
+
+An image that cannot be read (deleted, truncated, corrupt, not an image, above the
+decompression-bomb limit) is handled by the dataset's ``on_unreadable`` policy: raise, or
+go on with the next readable sample (training), or a blank image flagged in the target
+(evaluation, which then leaves that image out of the metrics).
 """
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -18,11 +24,20 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .sample import DetectionData, DetectionSample
+from .sample import DataError, DetectionData, DetectionSample
 from .transforms import TransformOutput
+
+log = logging.getLogger(__name__)
 
 Target = dict[str, Any]
 Transform = Callable[..., TransformOutput]
+
+# What DetectionDataset does with an image it cannot read.
+ON_UNREADABLE = ("raise", "substitute", "blank")
+_UNREADABLE_ACTION = {
+    "substitute": "using the next readable image instead",
+    "blank": "left out of the evaluation",
+}
 
 
 def item_generator(epoch_seed: int, index: int) -> torch.Generator:
@@ -43,13 +58,36 @@ class DetectionDataset(Dataset):
         transform: :class:`~efficientdet.data.transforms.TrainTransform`,
             :class:`~efficientdet.data.transforms.EvalTransform` or any callable
             ``(image, boxes, labels, generator) -> TransformOutput``.
+        on_unreadable: what an image that cannot be read does. ``"raise"``: a
+            :class:`~efficientdet.data.sample.DataError` naming the file. ``"substitute"``:
+            the item is the next readable sample in index order instead (a training run goes
+            on with full batches). ``"blank"``: the item is a black 1x1 image through the
+            transform, with the sample's boxes, ``image_id`` and ``original_size``, and the
+            target gets one more key, ``"unreadable"``, the message. Except with ``"raise"``,
+            each unreadable file is logged once (per process: loader workers log their own).
+
+    Attributes:
+        unreadable: sample index -> message, for the images found unreadable so far in this
+            process.
     """
 
-    def __init__(self, data: DetectionData | Sequence[DetectionSample], transform: Transform):
+    def __init__(
+        self,
+        data: DetectionData | Sequence[DetectionSample],
+        transform: Transform,
+        *,
+        on_unreadable: str = "raise",
+    ):
+        if on_unreadable not in ON_UNREADABLE:
+            raise ValueError(
+                f"on_unreadable={on_unreadable!r} is not one of {', '.join(ON_UNREADABLE)}"
+            )
         self.samples: list[DetectionSample] = list(
             data.samples if isinstance(data, DetectionData) else data
         )
         self.transform = transform
+        self.on_unreadable = on_unreadable
+        self.unreadable: dict[int, str] = {}
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -61,8 +99,17 @@ class DetectionDataset(Dataset):
             generator: torch.Generator | None = item_generator(epoch_seed, index)
         else:
             index, generator = key, None
+        problem = None
+        try:
+            image = self._read(index)
+        except DataError as err:
+            if self.on_unreadable == "raise":
+                raise
+            if self.on_unreadable == "blank":
+                image, problem = Image.new("RGB", (1, 1)), str(err)
+            else:
+                index, image = self._next_readable(index)
         sample = self.samples[index]
-        image: Image.Image = sample.load_image()
         out = self.transform(image, sample.boxes, sample.labels, generator)
         target: Target = {
             "boxes": out.boxes,
@@ -71,7 +118,34 @@ class DetectionDataset(Dataset):
             "scale": out.scale,
             "original_size": sample.size,
         }
+        if problem is not None:
+            target["unreadable"] = problem
         return out.image, target
+
+    def _read(self, index: int) -> Image.Image:
+        """The image of sample ``index``; a failure is recorded (and logged once) and re-raised."""
+        try:
+            return self.samples[index].load_image()
+        except DataError as err:
+            if self.on_unreadable != "raise" and index not in self.unreadable:
+                log.warning("%s; %s", err, _UNREADABLE_ACTION[self.on_unreadable])
+            self.unreadable[index] = str(err)
+            raise
+
+    def _next_readable(self, index: int) -> tuple[int, Image.Image]:
+        """The first readable sample after ``index`` (wrapping around) and its image."""
+        count = len(self.samples)
+        for offset in range(1, count):
+            candidate = (index + offset) % count
+            if candidate in self.unreadable:
+                continue
+            try:
+                return candidate, self._read(candidate)
+            except DataError:
+                continue
+        raise DataError(
+            f"none of the {count} images can be read, e.g. {self.unreadable[index]}"
+        )
 
 
 def collate_detection(batch: Sequence[tuple[Tensor, Target]]) -> tuple[Tensor, list[Target]]:

@@ -11,13 +11,15 @@ dropped. Every fix and every problem is counted in an :class:`IssueLog`, which
 from __future__ import annotations
 
 import math
+import struct
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 
 # Severities. Fatal: the data cannot be trusted or cannot train at all. Warning: the reader
@@ -52,6 +54,25 @@ ISSUE_SEVERITY: dict[str, str] = {
 }
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+# Largest width or height an annotation may declare (what PNG's 31-bit fields can hold);
+# anything larger is a broken value, and the size is read from the image header instead.
+MAX_IMAGE_SIDE = 2**31 - 1
+
+# What opening or decoding a damaged image can raise besides OSError (which includes
+# UnidentifiedImageError and "image file is truncated"): Pillow's PNG and TIFF plugins raise
+# SyntaxError, header parsers struct.error, IndexError, EOFError or ValueError, the zlib-backed
+# decoders zlib.error, and Image.open refuses a decompression bomb with its own exception.
+IMAGE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    IndexError,
+    struct.error,
+    zlib.error,
+    Image.DecompressionBombError,
+)
 
 
 class DataError(ValueError):
@@ -191,12 +212,13 @@ class DetectionSample:
         """Decode the image as RGB (grey, palette and alpha images are converted).
 
         Raises:
-            DataError: naming the file when it is missing or cannot be decoded.
+            DataError: naming the file when it is missing, cannot be decoded (truncated,
+                corrupt, not an image) or is above Pillow's decompression-bomb limit.
         """
         try:
             with Image.open(self.image_path) as img:
                 return img.convert("RGB")
-        except (OSError, UnidentifiedImageError) as err:
+        except IMAGE_ERRORS as err:
             raise DataError(f"{self.image_path}: cannot read image: {err}") from err
 
 
@@ -275,16 +297,26 @@ def read_image_size(path: Path) -> tuple[int, int]:
             width, height = img.size
     except FileNotFoundError:
         raise
-    except (OSError, UnidentifiedImageError) as err:
+    except IMAGE_ERRORS as err:
         raise DataError(f"{path}: cannot read image header: {err}") from err
     return height, width
 
 
 def is_finite_number(value: object) -> bool:
-    """True for a finite int or float (bool excluded)."""
+    """True for a finite int or float (bool excluded); an int too large for a float is not."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
-    return math.isfinite(value)
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def is_image_side(value: object) -> bool:
+    """True for an int (bool excluded) that can be an image's width or height in pixels."""
+    return (
+        isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_IMAGE_SIDE
+    )
 
 
 def fix_boxes(

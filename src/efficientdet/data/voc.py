@@ -19,6 +19,7 @@ from .sample import (
     DetectionData,
     DetectionSample,
     IssueLog,
+    is_image_side,
     make_sample,
     read_image_size,
     where,
@@ -64,9 +65,9 @@ def _parse_xml(xml_path: Path, issues: IssueLog) -> _VocRecord | None:
         try:
             width = int(float(_text(size_node, "width") or 0))
             height = int(float(_text(size_node, "height") or 0))
-        except ValueError:
+        except (ValueError, OverflowError):  # not a number, or inf
             width = height = 0
-        if width > 0 and height > 0:
+        if is_image_side(width) and is_image_side(height):
             size = (height, width)
     record = _VocRecord(xml_path=xml_path, filename=_text(root, "filename"), size=size)
     for k, obj in enumerate(root.iter("object")):

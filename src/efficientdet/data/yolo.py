@@ -33,6 +33,9 @@ from .sample import (
 )
 
 CLASS_FILES = ("data.yaml", "dataset.yaml", "classes.txt", "classes.names", "obj.names")
+# Without a class table the classes are numbered up to the largest index found; a larger
+# index is a broken label line (``1e9``), not a dataset with a billion classes.
+MAX_INFERRED_CLASSES = 100_000
 
 
 def _labels_for(images_dir: Path) -> Path:
@@ -184,7 +187,8 @@ def load_yolo(
         split: sub-folder name such as ``"train"``; None for a flat ``images/`` folder.
         class_names: the class table; default from ``data.yaml``/``classes.txt`` next to the
             data, else ``"0".."K-1"`` with K one more than the largest index (recorded as
-            ``class_names_inferred``). Indices outside the table count as ``unknown_category``.
+            ``class_names_inferred``; an index of 100,000 or more then raises
+            :class:`DataError`). Indices outside the table count as ``unknown_category``.
         strict: raise :class:`DataError` after reading if there are fatal problems
             (malformed lines, named with file and line number).
         min_size: boxes narrower or shorter than this many pixels after clipping are dropped.
@@ -237,6 +241,12 @@ def load_yolo(
 
     if names is None:
         largest = max((c for *_, entries in parsed for c, _, _ in entries), default=-1)
+        if largest >= MAX_INFERRED_CLASSES:
+            raise DataError(
+                f"{root}: class index {largest} in the labels and no class names (data.yaml "
+                f"'names' or classes.txt); refusing to infer more than {MAX_INFERRED_CLASSES} "
+                "classes"
+            )
         names = [str(i) for i in range(largest + 1)]
         issues.add(
             "class_names_inferred",

@@ -57,6 +57,107 @@ def bifpn_nodes(min_level: int, max_level: int) -> list[NodeSpec]:
     return nodes
 
 
+class _NodeList:
+    """Builds a node list while tracking the features produced at each level.
+
+    ``history[level]`` lists the ids of every feature at ``level`` in the order they were
+    made: the cell input first, then each node written at that level.
+    """
+
+    def __init__(self, min_level: int, max_level: int) -> None:
+        if min_level > max_level:
+            raise ValueError(f"min_level {min_level} is above max_level {max_level}")
+        self.min_level = min_level
+        self.max_level = max_level
+        self.num_levels = max_level - min_level + 1
+        self.history = {lv: [lv - min_level] for lv in range(min_level, max_level + 1)}
+        self.nodes: list[NodeSpec] = []
+
+    def input(self, level: int) -> int:
+        """Id of the cell input at ``level``."""
+        return level - self.min_level
+
+    def latest(self, level: int) -> int:
+        """Id of the newest feature at ``level``."""
+        return self.history[level][-1]
+
+    def add(self, level: int, inputs: Sequence[int]) -> int:
+        """Append a node at ``level`` fusing ``inputs``; returns the new feature's id."""
+        self.nodes.append(NodeSpec(level, tuple(inputs)))
+        new_id = self.num_levels + len(self.nodes) - 1
+        self.history[level].append(new_id)
+        return new_id
+
+
+def fpn_nodes(min_level: int, max_level: int) -> list[NodeSpec]:
+    """Top-down FPN (paper fig. 2a, Lin et al. 2017) as one node per level.
+
+    The top level gets a node of its own input alone (FPN's output conv on the coarsest
+    lateral); every other level fuses its input with the node above it, top to bottom:
+    ``P7out = f(P7in)``, ``P6out = f(P6in, up(P7out))``, ..., ``P3out = f(P3in, up(P4out))``.
+    For P3-P7 the ids are P7=5, P6=6, P5=7, P4=8, P3=9.
+    """
+    graph = _NodeList(min_level, max_level)
+    _add_top_down(graph)
+    return graph.nodes
+
+
+def _add_top_down(graph: _NodeList) -> None:
+    graph.add(graph.max_level, [graph.input(graph.max_level)])
+    for lv in range(graph.max_level - 1, graph.min_level - 1, -1):
+        graph.add(lv, [graph.input(lv), graph.latest(lv + 1)])
+
+
+def pafpn_nodes(min_level: int, max_level: int) -> list[NodeSpec]:
+    """FPN + PANet bottom-up path augmentation (paper fig. 2b, Liu et al. 2018).
+
+    The top-down pass of :func:`fpn_nodes`, then a bottom-up pass: the lowest level's output
+    is a node of its top-down feature alone, and every level above fuses its top-down feature
+    with the (max-pooled) output below it: ``N3 = f(P3td)``, ``N4 = f(P4td, down(N3))``, ...
+    Ten nodes for P3-P7, as in the best-known port's ``pan`` configuration, which makes one
+    PANet cell cost exactly two top-down FPN cells (the paper's Table 5 gives both 1.00x).
+    """
+    graph = _NodeList(min_level, max_level)
+    _add_top_down(graph)
+    graph.add(min_level, [graph.latest(min_level)])
+    for lv in range(min_level + 1, max_level + 1):
+        graph.add(lv, [graph.latest(lv), graph.latest(lv - 1)])
+    return graph.nodes
+
+
+def fully_connected_nodes(min_level: int, max_level: int) -> list[NodeSpec]:
+    """The fully-connected FPN of the paper's ablation (fig. 2d of arXiv 1911.09070 v1-v3,
+    Table 5): PANet "with expensive connections from all input features to output features".
+
+    The nodes of :func:`pafpn_nodes`, where every bottom-up (output) node also fuses the cell
+    input of every level: ``N_l = f(P_l_td, down(N_{l-1}), P3in, ..., P7in)`` (each input resized
+    to level ``l``). With EfficientDet's projections this costs 1.26x params / 1.19x FLOPs of
+    the repeated FPN at the B3 ablation size, against the paper's 1.24x / 1.21x.
+    """
+    nodes = pafpn_nodes(min_level, max_level)
+    num_levels = max_level - min_level + 1
+    all_inputs = tuple(range(num_levels))
+    return nodes[:num_levels] + [
+        NodeSpec(node.level, node.inputs + all_inputs) for node in nodes[num_levels:]
+    ]
+
+
+def efm_nodes(min_level: int, max_level: int) -> list[NodeSpec]:
+    """Exact Fusion Model (CSPNet, Wang et al. 2019) as one node per level.
+
+    Each level's output fuses the cell inputs of the neighbouring scales ``s - 1, s, s + 1``
+    (two at the ends), lowest first: ``P3out = f(P3in, up(P4in))``,
+    ``P4out = f(down(P3in), P4in, up(P5in))``, ..., ``P7out = f(down(P6in), P7in)``.
+    CSPNet concatenates the three and compresses them with Maxout; here the fusion node's
+    weighted fusion (``fusion``) plays that part.
+    """
+    graph = _NodeList(min_level, max_level)
+    for lv in range(min_level, max_level + 1):
+        neighbours = [other for other in (lv - 1, lv, lv + 1) if min_level <= other <= max_level]
+        graph.add(lv, [graph.input(other) for other in neighbours])
+    return graph.nodes
+
+
 def cell_output_ids(nodes: Sequence[NodeSpec], min_level: int, max_level: int) -> list[int]:
     """Id of the last feature produced at each level, lowest level first."""
     num_levels = max_level - min_level + 1
@@ -114,6 +215,9 @@ class Fusion(nn.Module):
     def forward(self, inputs: list[Tensor]) -> Tensor:
         weights = self.normalized_weights(inputs[0].dtype)
         if weights is None:
+            if len(inputs) == 1:
+                # A new tensor: the node's in-place activation must not overwrite its input.
+                return inputs[0].clone()
             out = inputs[0]
             for x in inputs[1:]:
                 out = out + x

@@ -114,6 +114,16 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+def _image_size(value: Any, key: str) -> tuple[int, int]:
+    """``H`` or ``[H, W]`` of positive integers -> ``(H, W)``; anything else raises naming ``key``."""
+    sides = [value, value] if not isinstance(value, (list, tuple)) else list(value)
+    if len(sides) != 2 or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sides
+    ):
+        raise ValueError(f"{key} must be a positive integer or [height, width], got {value!r}")
+    return (sides[0], sides[1])
+
+
 _SECTIONS = {"model": ModelSection, "data": DataSection, "optim": OptimSection, "run": RunSection}
 
 
@@ -131,8 +141,7 @@ def config_from_dict(data: dict[str, Any] | None) -> TrainConfig:
         if bad:
             raise ValueError(f"unknown key(s) {[f'{name}.{b}' for b in bad]}; valid: {sorted(valid)}")
         if values.get("image_size") is not None:
-            size = values["image_size"]
-            values["image_size"] = (int(size), int(size)) if isinstance(size, int) else tuple(size)
+            values["image_size"] = _image_size(values["image_size"], f"{name}.image_size")
         sections[name] = cls(**values)
     return TrainConfig(**sections)
 

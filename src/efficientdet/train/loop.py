@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import random
 import signal
@@ -165,6 +166,14 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _remove_partial_writes(run_dir: Path) -> None:
+    """Delete the temporary files of saves cut short by a kill (``atomic_write`` leftovers)."""
+    for name in (STATE_FILE, LAST_WEIGHTS, BEST_WEIGHTS, CONFIG_FILE):
+        for leftover in run_dir.glob(f".{name}.*.tmp"):
+            log.warning("removing %s, left by a save that was cut short", leftover)
+            leftover.unlink(missing_ok=True)
+
+
 class Trainer:
     """One training run. ``Trainer(config).fit()``; ``Trainer.resume(run_dir).fit()``."""
 
@@ -182,6 +191,8 @@ class Trainer:
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
         self.run_dir = Path(config.run.out_dir)
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise TrainingError(f"{self.run_dir}: run.out_dir exists and is not a folder")
         self.stop_requested = False
         self.resume_state = resume_state
         _seed_everything(config.run.seed + self.dist.rank)
@@ -199,7 +210,9 @@ class Trainer:
             self._load_state(resume_state)
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(config, self.run_dir / CONFIG_FILE)
+            if resume_state is not None:
+                _remove_partial_writes(self.run_dir)
+            atomic_write(self.run_dir / CONFIG_FILE, lambda tmp: save_config(config, tmp))
         self.logger = (
             MetricsLogger(self.run_dir, resume_step=self.step if resume_state else None)
             if self.dist.is_main
@@ -368,8 +381,11 @@ class Trainer:
         """Write the training state and the (EMA) weights, each atomically; rank 0 only."""
         if not self.dist.is_main:
             return
-        state = self._state()
-        atomic_write(self.run_dir / STATE_FILE, lambda tmp: torch.save(state, tmp))
+        # Serialised in memory first: a full disk then fails in a plain file write, with
+        # OSError(ENOSPC) naming the file, not inside torch's zip writer.
+        buffer = io.BytesIO()
+        torch.save(self._state(), buffer)
+        atomic_write(self.run_dir / STATE_FILE, lambda tmp: Path(tmp).write_bytes(buffer.getbuffer()))
         save_checkpoint(self.eval_model(), self.run_dir / LAST_WEIGHTS, metadata=self._metadata())
 
     # ---- the loop --------------------------------------------------------------------------
@@ -388,7 +404,7 @@ class Trainer:
         )
         workers = cfg.data.num_workers
         return DataLoader(
-            DetectionDataset(self.train_data, transform),
+            DetectionDataset(self.train_data, transform, on_unreadable="substitute"),
             batch_size=cfg.run.batch_size,
             sampler=sampler,
             num_workers=workers,

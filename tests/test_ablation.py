@@ -1,0 +1,119 @@
+import argparse
+import csv
+from pathlib import Path
+
+import pytest
+
+from efficientdet import ablation
+from efficientdet.ablation import AblationSetting, ablation_config, paper_row, run_ablation
+
+TINY = AblationSetting("tiny", "efficientdet_test", 16, 1, (128, 128))
+TINY_WIDE = AblationSetting("tiny96", "efficientdet_test", 24, 2, (96, 160))
+
+
+def test_ablation_config_doubles_fpn_repeats() -> None:
+    assert ablation_config(TINY_WIDE, "fpn").fpn_repeats == 4
+    config = ablation_config(TINY_WIDE, "bifpn", "softmax")
+    assert (config.fpn_repeats, config.fpn_channels, config.fusion) == (2, 24, "softmax")
+    assert config.image_size == (96, 160) and config.neck == "bifpn"
+    with pytest.raises(ValueError, match="not one of"):
+        ablation_config(TINY, "unet")
+
+
+def test_paper_rows_follow_table_5() -> None:
+    assert paper_row("bifpn", "fast").ap == 44.39
+    assert paper_row("bifpn", "sum").flops_ratio == 0.67
+    assert paper_row("bifpn", "softmax") is None
+    assert paper_row("fcfpn", "fast").params_ratio == 1.24
+    assert paper_row("mlfpn", "fast") is None
+
+
+def test_run_ablation_writes_markdown_csv_and_png(tmp_path: Path) -> None:
+    lines: list[str] = []
+    rows = run_ablation(
+        ["fpn", "pafpn", "bifpn", "bfp"],
+        out_dir=tmp_path / "out",
+        cost_settings=(TINY, TINY_WIDE),
+        latency_setting=TINY,
+        latency_runs=1,
+        fusions=("fast", "sum"),
+        command="efficientdet ablate --necks fpn pafpn bifpn bfp",
+        echo=lines.append,
+    )
+    assert [r.label for r in rows] == ["fpn", "pafpn", "bifpn", "bifpn/sum", "bfp"]
+    for row in rows:
+        assert set(row.costs) == {"tiny", "tiny96"}
+        lat = row.latency
+        assert lat is not None and 0 < lat.neck_best_ms <= lat.neck_ms
+        assert 0 < lat.model_best_ms <= lat.model_ms
+        assert 0 < lat.neck_cpu_ms < lat.model_cpu_ms
+    by_label = {r.label: r for r in rows}
+    for name in ("tiny", "tiny96"):
+        fpn, pafpn = by_label["fpn"].costs[name], by_label["pafpn"].costs[name]
+        assert fpn.params_ratio == fpn.macs_ratio == 1.0
+        # Table 5: repeated FPN and FPN + PANet cost the same (FPN at twice the repeats).
+        assert (pafpn.params, pafpn.macs) == (fpn.params, fpn.macs)
+        assert by_label["bifpn/sum"].costs[name].params < by_label["bifpn"].costs[name].params
+        assert 0 < fpn.params < fpn.model_params and 0 < fpn.macs < fpn.model_macs
+
+    out = tmp_path / "out"
+    markdown = (out / "ablation.md").read_text()
+    assert "efficientdet ablate --necks fpn pafpn bifpn bfp" in markdown
+    assert "| bifpn/sum | 1 |" in markdown
+    assert "44.39" in markdown and "Latency at tiny" in markdown and "bifpn/sum" in markdown
+    assert markdown in "\n".join(lines)
+    with (out / "ablation.csv").open() as f:
+        records = list(csv.DictReader(f))
+    assert [r["neck"] for r in records] == ["fpn", "pafpn", "bifpn", "bifpn", "bfp"]
+    assert [r["fusion"] for r in records][2:4] == ["fast", "sum"]
+    assert float(records[1]["tiny96_params_ratio"]) == 1.0
+    assert records[2]["paper_params_ratio"] == "0.88" and records[4]["paper_ap"] == ""
+    assert float(records[0]["neck_cpu_ms"]) > 0
+    png = (out / "ablation.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_run_ablation_rejects_bad_requests(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown neck"):
+        run_ablation(["fpn", "unet"], out_dir=tmp_path, cost_settings=(TINY,), latency_setting=None)
+    with pytest.raises(RuntimeError, match="efficientdet.train"):
+        run_ablation(["fpn"], out_dir=tmp_path, train_steps=5, cost_settings=(TINY,))
+
+
+def test_train_steps_call_the_training_function_per_row(tmp_path: Path) -> None:
+    calls: list[tuple[str, str, int, int, Path]] = []
+
+    def fake_train(config, steps: int, run_dir: Path) -> float:
+        calls.append((config.neck, config.fusion, config.fpn_repeats, steps, run_dir))
+        return 0.25 if config.fusion == "sum" else 0.5
+
+    rows = run_ablation(
+        ["fpn", "bifpn"], out_dir=tmp_path, train_steps=3, train_fn=fake_train,
+        train_setting=TINY, cost_settings=(TINY,), latency_setting=None, fusions=("sum",),
+        echo=None,
+    )
+    assert [(c[0], c[1], c[2], c[3]) for c in calls] == [
+        ("fpn", "fast", 2, 3), ("bifpn", "fast", 1, 3), ("bifpn", "sum", 1, 3)
+    ]
+    assert calls[2][4] == tmp_path / "train" / "bifpn-sum"
+    assert [r.ap for r in rows] == [0.5, 0.5, 0.25]
+    assert "- bifpn/sum: 0.2500" in (tmp_path / "ablation.md").read_text()
+    with (tmp_path / "ablation.csv").open() as f:
+        assert [r["ap"] for r in csv.DictReader(f)] == ["0.5", "0.5", "0.25"]
+
+
+def test_cli_arguments_and_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    parser = argparse.ArgumentParser()
+    ablation.add_ablate_arguments(parser)
+    defaults = parser.parse_args([])
+    assert defaults.necks == list(ablation.ABLATION_NECKS) and defaults.train_steps == 0
+    assert defaults.fusions == ["fast", "softmax", "sum"] and defaults.out == Path("runs/ablation")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--necks", "unet"])
+    args = parser.parse_args(["--necks", "nasfpn", "efm", "--out", str(tmp_path), "--no-latency"])
+    monkeypatch.setattr(ablation, "DEFAULT_COST_SETTINGS", (TINY,))
+    assert ablation.cmd_ablate(args) == 0
+    markdown = (tmp_path / "ablation.md").read_text()
+    assert f"efficientdet ablate --necks nasfpn efm --fusions fast softmax sum --out {tmp_path}" in markdown
+    assert "Latency" not in markdown and "network GMACs" in markdown
+    assert "| nasfpn | 1 |" in markdown and "| efm | 1 |" in markdown
