@@ -148,3 +148,13 @@ def test_two_processes_equal_one_process_on_the_combined_batch(tiny_demo, tmp_pa
     b = torch.load(tmp_path / "ddp" / STATE_FILE, weights_only=True)["model"]
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_compound_phi_and_width_overrides_build_the_model(tiny_demo, tmp_path: Path) -> None:
+    cfg = _config(tiny_demo, tmp_path / "phi", "model.phi=1", "model.name=efficientdet_test",
+                  "model.fpn_repeats=2", "run.max_steps=1", "model.image_size=128")
+    trainer = Trainer(cfg)
+    assert trainer.model.config.fpn_repeats == 2
+    # width 16 * 1.35 = 21.6: the growth over the base rounds to the nearest multiple of 8
+    assert trainer.model.config.fpn_channels == 24
+    assert trainer.model.config.image_size == (128, 128)

@@ -31,8 +31,11 @@ class ModelSection:
     pretrained_backbone: bool = True
     init_checkpoint: str | None = None  # COCO detector weights to fine-tune from
     image_size: tuple[int, int] | None = None  # None: the model's own
+    phi: float | None = None  # compound scaling: build compound_config(phi) with `name` as phi=0
     neck: str | None = None
     fusion: str | None = None
+    fpn_channels: int | None = None
+    fpn_repeats: int | None = None
     freeze_backbone: int = 0  # leading backbone stages to freeze (stem counts as one); -1: all
     freeze_bn: bool = False  # keep every BN in eval mode (running statistics fixed)
     grad_checkpointing: bool = False

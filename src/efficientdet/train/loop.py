@@ -22,7 +22,8 @@ from ..checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from ..data import DetectionData, DetectionDataset, build_transform, collate_detection, load_dataset
 from ..detector import Detector
 from ..evaluate import evaluate_detector, format_metrics, write_eval_outputs
-from ..registry import create_model
+from ..model import EfficientDet
+from ..scaling import config_for_training
 from .config import TrainConfig, load_config, save_config
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from .ema import ModelEMA
@@ -275,9 +276,13 @@ class Trainer:
         if cfg.fusion is not None:
             overrides["fusion"] = cfg.fusion
         pretrained = cfg.pretrained_backbone and cfg.init_checkpoint is None and self.resume_state is None
-        model = create_model(
-            cfg.name, num_classes=self.train_data.num_classes, pretrained_backbone=pretrained, **overrides
+        for key in ("fpn_channels", "fpn_repeats"):
+            if getattr(cfg, key) is not None:
+                overrides[key] = getattr(cfg, key)
+        model_config = config_for_training(
+            cfg.name, cfg.phi, self.train_data.num_classes, **overrides
         )
+        model = EfficientDet(model_config, pretrained_backbone=pretrained)
         if cfg.init_checkpoint and self.resume_state is None:
             report = load_checkpoint(model, cfg.init_checkpoint)
             log.info("initialised from %s (%s)", cfg.init_checkpoint, report.source_format)
