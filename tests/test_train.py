@@ -158,3 +158,10 @@ def test_compound_phi_and_width_overrides_build_the_model(tiny_demo, tmp_path: P
     # width 16 * 1.35 = 21.6: the growth over the base rounds to the nearest multiple of 8
     assert trainer.model.config.fpn_channels == 24
     assert trainer.model.config.image_size == (128, 128)
+
+
+def test_time_budget_shortens_the_schedule(tiny_demo, tmp_path: Path) -> None:
+    cfg = _config(tiny_demo, tmp_path / "budget", "run.max_steps=400", "run.time_budget_minutes=0.1")
+    result = train(cfg)
+    assert result.status == "finished"
+    assert 6 < result.step < 400 and result.total_steps == result.step

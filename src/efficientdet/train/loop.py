@@ -38,6 +38,7 @@ BEST_WEIGHTS = "best.safetensors"
 CONFIG_FILE = "config.yaml"
 STATE_VERSION = 1
 _BUDGET_PROBE_STEPS = 6  # steps timed before fitting the schedule into a time budget
+_BUDGET_REFIT_EVERY = 10  # steps between re-fits of the schedule to the budget
 
 
 class TrainingError(RuntimeError):
@@ -207,6 +208,8 @@ class Trainer:
         self.elapsed_before = 0.0
         self.total_steps = self._configured_total_steps()
         self.budget_fixed = config.run.time_budget_minutes is None
+        self._budget_cap: int | None = None  # the step count before fitting to the budget
+        self._budget_mark: tuple[float, int] | None = None  # (time, step) of the last fit
         if resume_state is not None:
             self._load_state(resume_state)
         if self.dist.is_main:
@@ -508,19 +511,31 @@ class Trainer:
         )
 
     def _maybe_fit_budget(self, probe_start: float) -> None:
-        """After a few timed steps, shorten the schedule so training fits the time budget."""
+        """Fit the schedule into the time budget: first after a few timed steps, then again every
+        few steps (early steps are often slower than later ones) until half of it has run."""
         done = self.step - 1 - self._fit_start_step
-        if done < _BUDGET_PROBE_STEPS:
+        if done < _BUDGET_PROBE_STEPS or (done - _BUDGET_PROBE_STEPS) % _BUDGET_REFIT_EVERY:
             return
-        per_step = (time.perf_counter() - probe_start) / done
+        first = self._budget_cap is None
+        if self._budget_cap is None:
+            self._budget_cap = self.total_steps
+        # time the most recent steps only, once there are enough of them
+        if done >= 2 * _BUDGET_REFIT_EVERY and self._budget_mark is not None:
+            mark_time, mark_step = self._budget_mark
+            per_step = (time.perf_counter() - mark_time) / max(1, self.step - mark_step)
+        else:
+            per_step = (time.perf_counter() - probe_start) / done
+        self._budget_mark = (time.perf_counter(), self.step)
         budget = float(self.config.run.time_budget_minutes or 0) * 60.0
         remaining = budget - (self.elapsed_before + time.perf_counter() - self._start)
         fit = self.step + max(0, int(remaining / per_step))
         if self.dist.enabled:
             fit = int(all_reduce_sum(torch.tensor(fit)).item() // self.dist.world_size)
-        self.total_steps = max(self.step, min(self.total_steps, fit))
-        self.warmup_steps = min(self.warmup_steps, max(1, self.total_steps // 10))
-        self.budget_fixed = True
+        self.total_steps = max(self.step, min(self._budget_cap, fit))
+        if first:
+            self.warmup_steps = min(self.warmup_steps, max(1, self.total_steps // 10))
+        if self.step >= self.total_steps // 2:
+            self.budget_fixed = True
         log.info("%.2f s/step: %d steps fit the %.1f-minute budget", per_step, self.total_steps, budget / 60)
 
     def _train_step(self, images: torch.Tensor, targets: list[dict[str, Any]], scaler: Any) -> dict[str, float]:
