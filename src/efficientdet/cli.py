@@ -28,30 +28,10 @@ def command(name: str) -> Callable[[Command], Command]:
 
 
 def _info_row(name: str) -> dict[str, Any]:
-    from .profile import profile_config
+    from .profile import info_row
     from .registry import get_config
 
-    config = get_config(name)
-    profile = profile_config(config)
-    return {
-        "name": name,
-        "backbone": config.backbone,
-        "params": profile.params,
-        "params_m": round(profile.params_m, 3),
-        "multiply_adds": profile.multiply_adds,
-        "gmacs": round(profile.gmacs, 2),
-        "image_size": list(config.image_size),
-        "levels": [config.min_level, config.max_level],
-        "bifpn_width": config.fpn_channels,
-        "bifpn_depth": config.fpn_repeats,
-        "head_depth": config.head_repeats,
-        "neck": config.neck,
-        "fusion": config.fusion,
-        "activation": config.act,
-        "padding": config.padding,
-        "anchor_scale": config.anchors.anchor_scale,
-        "num_classes": config.num_classes,
-    }
+    return info_row(get_config(name))
 
 
 @command("info")

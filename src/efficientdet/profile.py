@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -57,3 +58,27 @@ def profile_config(config: ModelConfig, image_size: tuple[int, int] | None = Non
     with torch.device("meta"):
         model = EfficientDet(config)
     return ModelProfile(config.name, count_parameters(model), count_multiply_adds(model, size), size)
+
+
+def info_row(config: ModelConfig) -> dict[str, Any]:
+    """What ``efficientdet info`` reports for a configuration (params and FLOPs on meta)."""
+    profile = profile_config(config)
+    return {
+        "name": config.name,
+        "backbone": config.backbone,
+        "params": profile.params,
+        "params_m": round(profile.params_m, 3),
+        "multiply_adds": profile.multiply_adds,
+        "gmacs": round(profile.gmacs, 2),
+        "image_size": list(config.image_size),
+        "levels": [config.min_level, config.max_level],
+        "bifpn_width": config.fpn_channels,
+        "bifpn_depth": config.fpn_repeats,
+        "head_depth": config.head_repeats,
+        "neck": config.neck,
+        "fusion": config.fusion,
+        "activation": config.act,
+        "padding": config.padding,
+        "anchor_scale": config.anchors.anchor_scale,
+        "num_classes": config.num_classes,
+    }

@@ -330,29 +330,9 @@ def info_for_phi(
 ) -> dict[str, Any]:
     """What ``efficientdet info`` reports for a model, for the compound-scaled ``phi``
     (the keys of ``cli._info_row``); parameters and multiply-adds from the meta device."""
-    from .profile import profile_config
+    from .profile import info_row
 
-    config = compound_config(phi, base=base, neck=neck, **kwargs)
-    profile = profile_config(config)
-    return {
-        "name": config.name,
-        "backbone": config.backbone,
-        "params": profile.params,
-        "params_m": round(profile.params_m, 3),
-        "multiply_adds": profile.multiply_adds,
-        "gmacs": round(profile.gmacs, 2),
-        "image_size": list(config.image_size),
-        "levels": [config.min_level, config.max_level],
-        "bifpn_width": config.fpn_channels,
-        "bifpn_depth": config.fpn_repeats,
-        "head_depth": config.head_repeats,
-        "neck": config.neck,
-        "fusion": config.fusion,
-        "activation": config.act,
-        "padding": config.padding,
-        "anchor_scale": config.anchors.anchor_scale,
-        "num_classes": config.num_classes,
-    }
+    return info_row(compound_config(phi, base=base, neck=neck, **kwargs))
 
 
 # ---- the released table against the rules ----------------------------------------------------
