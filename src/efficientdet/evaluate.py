@@ -199,7 +199,7 @@ def evaluate_detector(
         )
         data = data.without_images(unreadable)
     result = coco_evaluate(coco_dict(data), results)
-    result.unreadable = list(unreadable.values())
+    result.unreadable = [str(message) for message in unreadable.values()]
     return result, results
 
 

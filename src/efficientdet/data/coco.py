@@ -140,7 +140,7 @@ def load_coco(
             continue
         width, height = img.get("width"), img.get("height")
         size: tuple[int, int] | None = None
-        if is_image_side(width) and is_image_side(height):
+        if isinstance(width, int) and isinstance(height, int) and is_image_side(width) and is_image_side(height):
             size = (height, width)
         images[image_id] = (file_name, size)
 
