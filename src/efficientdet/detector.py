@@ -10,6 +10,7 @@ from image files (or arrays, PIL images) to detections in original pixels.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -22,6 +23,24 @@ from .preprocess import ImageSource, preprocess_batch
 
 Target = Mapping[str, Tensor]
 Detections = list[dict[str, Tensor]]
+
+
+class BackboneFeatures(NamedTuple):
+    """A batch given by its backbone feature maps instead of its pixels (a frozen backbone's
+    cached output); the detector runs the rest of the network on them.
+
+    Attributes:
+        maps: the backbone's ``Tensor[B, C_l, H_l, W_l]``, finest level first, as
+            ``model.backbone(images)`` returns them for ``images`` of ``image_size``.
+        image_size: ``(H, W)`` of the network input the maps were computed from.
+    """
+
+    maps: list[Tensor]
+    image_size: tuple[int, int]
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.maps[0].shape[0])
 
 
 class Detector(nn.Module):
@@ -81,13 +100,14 @@ class Detector(nn.Module):
         return config
 
     def forward(
-        self, images: Tensor, targets: Sequence[Target] | None = None
+        self, images: Tensor | BackboneFeatures, targets: Sequence[Target] | None = None
     ) -> dict[str, Tensor] | Detections:
         """Losses in training mode, detections in evaluation mode.
 
         Args:
             images: ``Tensor[B, 3, H, W]`` normalised network inputs; any size, sides that are
-                multiples of ``2 ** max_level`` keep anchor strides exact.
+                multiples of ``2 ** max_level`` keep anchor strides exact. Or the batch's
+                :class:`BackboneFeatures` (a frozen backbone's cached maps).
             targets: training only, per image ``{"boxes": Tensor[M, 4] xyxy input pixels,
                 "labels": Tensor[M] int64 in 0..C-1}``; ``M`` may be 0.
 
@@ -105,13 +125,27 @@ class Detector(nn.Module):
             return self.loss(images, targets)
         return self.detect(images)
 
-    def _run_model(self, images: Tensor) -> tuple[list[Tensor], list[Tensor], Tensor]:
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be Tensor[B, 3, H, W], got shape {tuple(images.shape)}")
+    def _run_model(
+        self, images: Tensor | BackboneFeatures
+    ) -> tuple[list[Tensor], list[Tensor], Tensor]:
         config = self.config
-        size = (int(images.shape[-2]), int(images.shape[-1]))
-        check_image_size(size, config.max_level)
-        class_outputs, box_outputs = self.model(images)
+        if isinstance(images, BackboneFeatures):
+            size = images.image_size
+            device = images.maps[0].device
+            check_image_size(size, config.max_level)
+            forward_features = getattr(self.model, "forward_features", None)
+            if not callable(forward_features):
+                raise ValueError(
+                    f"{type(self.model).__name__} has no forward_features(maps); give it images"
+                )
+            class_outputs, box_outputs = forward_features(list(images.maps))
+        else:
+            if images.dim() != 4 or images.shape[1] != 3:
+                raise ValueError(f"images must be Tensor[B, 3, H, W], got shape {tuple(images.shape)}")
+            size = (int(images.shape[-2]), int(images.shape[-1]))
+            device = images.device
+            check_image_size(size, config.max_level)
+            class_outputs, box_outputs = self.model(images)
         class_outputs, box_outputs = list(class_outputs), list(box_outputs)
         if len(class_outputs) != config.num_levels or len(box_outputs) != config.num_levels:
             raise ValueError(
@@ -126,14 +160,16 @@ class Detector(nn.Module):
                     f"{tuple(box_out.shape[-2:])} (box) for a {size} input; the anchors expect "
                     f"{grids[level]} (each level ceil(side / 2) of the one below)"
                 )
-        anchors = self.anchors(size, device=images.device)
+        anchors = self.anchors(size, device=device)
         return class_outputs, box_outputs, anchors
 
-    def loss(self, images: Tensor, targets: Sequence[Target]) -> dict[str, Tensor]:
+    def loss(
+        self, images: Tensor | BackboneFeatures, targets: Sequence[Target]
+    ) -> dict[str, Tensor]:
         """Training losses for a batch, whatever the module's mode.
 
         Args:
-            images: ``Tensor[B, 3, H, W]``.
+            images: ``Tensor[B, 3, H, W]``, or the batch's :class:`BackboneFeatures`.
             targets: ``B`` dicts ``{"boxes": Tensor[M, 4] xyxy input pixels,
                 "labels": Tensor[M] int64 in 0..C-1}``.
 
@@ -153,20 +189,23 @@ class Detector(nn.Module):
             positives_reducer=self.positives_reducer,
         )
 
-    def detect(self, images: Tensor) -> Detections:
+    def detect(self, images: Tensor | BackboneFeatures) -> Detections:
         """Detections for a batch of network inputs, in input pixels, whatever the mode.
 
         Gradients are tracked as usual; wrap the call in ``torch.no_grad()`` for inference.
 
         Args:
-            images: ``Tensor[B, 3, H, W]``.
+            images: ``Tensor[B, 3, H, W]``, or the batch's :class:`BackboneFeatures`.
 
         Returns:
             Per image ``{"boxes": Tensor[K, 4] xyxy, "scores": Tensor[K],
             "labels": Tensor[K] int64 in 0..C-1}``, ``K <= max_detections``, best first.
         """
         class_outputs, box_outputs, anchors = self._run_model(images)
-        size = (int(images.shape[-2]), int(images.shape[-1]))
+        if isinstance(images, BackboneFeatures):
+            size = images.image_size
+        else:
+            size = (int(images.shape[-2]), int(images.shape[-1]))
         return postprocess(
             class_outputs,
             box_outputs,
@@ -218,10 +257,11 @@ class Detector(nn.Module):
             det["boxes"] = letterbox_to_original(det["boxes"], info.scale, info.original_size)
         return detections
 
-    def _check_targets(self, images: Tensor, targets: Sequence[Target]) -> None:
+    def _check_targets(self, images: Tensor | BackboneFeatures, targets: Sequence[Target]) -> None:
         """Raise a ValueError naming the image and field of the first malformed target."""
-        if len(targets) != images.shape[0]:
-            raise ValueError(f"got {images.shape[0]} images but {len(targets)} targets")
+        count = images.batch_size if isinstance(images, BackboneFeatures) else images.shape[0]
+        if len(targets) != count:
+            raise ValueError(f"got {count} images but {len(targets)} targets")
         num_classes = self.config.num_classes
         for i, target in enumerate(targets):
             if "boxes" not in target or "labels" not in target:

@@ -85,7 +85,19 @@ class EfficientDet(nn.Module):
     def forward(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images as Tensor[B, 3, H, W], got shape {tuple(images.shape)}")
-        features = list(self.backbone(images))
+        return self.forward_features(list(self.backbone(images)))
+
+    def forward_features(self, features: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """Everything after the backbone: extra levels, neck and heads.
+
+        Args:
+            features: the backbone's maps, ``Tensor[B, C_l, H_l, W_l]`` for its levels
+                (``feature_info`` order, finest first), e.g. from a cache of a frozen backbone.
+
+        Returns:
+            ``(class_outputs, box_outputs)`` as :meth:`forward`.
+        """
+        features = list(features)
         for extra in self.extra_levels:
             features.append(extra(features[-1]))
         features = self.neck(features)
