@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,33 @@ def test_time_budget_shortens_the_schedule(tiny_demo, tmp_path: Path) -> None:
     result = train(cfg)
     assert result.status == "finished"
     assert 6 < result.step < 400 and result.total_steps == result.step
+
+
+def test_time_budget_times_steps_without_evaluations(tiny_demo, tmp_path: Path, monkeypatch) -> None:
+    """A slow evaluation must not be read as slow steps (which would cut the schedule short);
+    its time is set aside for the evaluations still due instead."""
+    slow = Trainer._evaluate
+
+    def slow_evaluate(self):
+        time.sleep(2.0)
+        return slow(self)
+
+    monkeypatch.setattr(Trainer, "_evaluate", slow_evaluate)
+    cfg = _config(
+        tiny_demo, tmp_path / "budget", "run.max_steps=100000", "run.time_budget_minutes=0.3",
+        f"data.val={tiny_demo.data_yaml}", "run.eval_every=2",
+    )
+    result = train(cfg)
+    assert result.status == "finished" and result.step == result.total_steps
+    # the budget (18 s) is used, give or take one evaluation; the final one (2 s+) comes on top
+    assert 18 - 4.0 < result.seconds < 18 + 2.0 + 8, result.seconds
+
+
+def test_channels_last_trains_like_nchw(tiny_demo, tmp_path: Path) -> None:
+    extra = ("run.max_steps=6", "data.augment=false", "optim.optimizer=adamw", "optim.lr=0.005")
+    nchw = train(_config(tiny_demo, tmp_path / "a", *extra))
+    nhwc = train(_config(tiny_demo, tmp_path / "b", *extra, "run.channels_last=true"))
+    assert nhwc.losses == pytest.approx(nchw.losses, rel=1e-3)
+    weights = torch.load(tmp_path / "b" / STATE_FILE, weights_only=True)["model"]
+    assert all(not v.is_floating_point() or v.dim() != 4 or v.is_contiguous(memory_format=torch.channels_last)
+               for v in weights.values())

@@ -50,6 +50,17 @@ class DataSection:
     scale_min: float = 0.1
     scale_max: float = 2.0
     num_workers: int = 2
+    # Compute a frozen backbone's maps once (needs model.freeze_backbone=-1); see
+    # efficientdet.train.feature_cache. cache_views: 1 plain + (views - 1) augmented copies.
+    cache_features: bool = False
+    cache_views: int = 1
+    cache_max_gb: float = 8.0
+
+    def __post_init__(self) -> None:
+        if self.cache_views < 1:
+            raise ValueError(f"data.cache_views must be >= 1, got {self.cache_views}")
+        if self.cache_views > 1 and not self.augment:
+            raise ValueError("data.cache_views > 1 needs data.augment=true (the views would be identical)")
 
 
 @dataclass(frozen=True)
@@ -93,6 +104,7 @@ class RunSection:
     seed: int = 0
     device: str = "auto"
     amp: str = "none"
+    channels_last: bool = False  # NHWC memory for the network and its inputs (faster on CPU)
     eval_every: int = 1  # epochs; 0: only at the end
     eval_batch_size: int = 8
     save_every_steps: int = 200

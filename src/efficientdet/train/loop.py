@@ -20,13 +20,15 @@ from torch.utils.data import DataLoader, Sampler
 
 from ..checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from ..data import DetectionData, DetectionDataset, build_transform, collate_detection, load_dataset
-from ..detector import Detector
+from ..detector import BackboneFeatures, Detector
 from ..evaluate import evaluate_detector, format_metrics, write_eval_outputs
 from ..model import EfficientDet
+from ..optimize import optimize_for_inference
 from ..scaling import config_for_training
 from .config import TrainConfig, load_config, save_config
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from .ema import ModelEMA
+from .feature_cache import FeatureCache, build_feature_cache, cache_bytes
 from .logger import MetricsLogger, plot_curves
 from .schedule import learning_rate
 
@@ -139,6 +141,13 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
     ]
 
 
+def _channels_last(images: torch.Tensor | BackboneFeatures) -> torch.Tensor | BackboneFeatures:
+    nhwc = torch.channels_last
+    if isinstance(images, BackboneFeatures):
+        return BackboneFeatures([m.contiguous(memory_format=nhwc) for m in images.maps], images.image_size)
+    return images.contiguous(memory_format=nhwc)
+
+
 def _rng_state() -> dict[str, Any]:
     state = {
         "torch": torch.get_rng_state(),
@@ -201,6 +210,7 @@ class Trainer:
         self._setup_data()
         self._setup_model()
         self._setup_optimizer()
+        self.feature_cache: FeatureCache | None = self._setup_feature_cache()
         self.step = 0
         self.best_ap = -1.0
         self.nonfinite_total = 0
@@ -209,7 +219,8 @@ class Trainer:
         self.total_steps = self._configured_total_steps()
         self.budget_fixed = config.run.time_budget_minutes is None
         self._budget_cap: int | None = None  # the step count before fitting to the budget
-        self._budget_mark: tuple[float, int] | None = None  # (time, step) of the last fit
+        # (time, step, overhead seconds) where the current step-timing window starts
+        self._budget_mark: tuple[float, int, float] | None = None
         if resume_state is not None:
             self._load_state(resume_state)
         if self.dist.is_main:
@@ -300,6 +311,8 @@ class Trainer:
                 raise TrainingError(f"backbone {model.config.backbone} does not support gradient checkpointing")
             set_gc(True)
         model.to(self.device)
+        if self.config.run.channels_last:
+            model.to(memory_format=torch.channels_last)
         if self.dist.enabled and self.device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model
@@ -333,6 +346,56 @@ class Trainer:
             len(self.train_data), self.config.run.batch_size, self.dist.world_size
         )
         self.warmup_steps = int(round(opt.warmup_epochs * self.steps_per_epoch))
+
+    def _setup_feature_cache(self) -> FeatureCache | None:
+        cfg = self.config
+        if not cfg.data.cache_features:
+            return None
+        stages = backbone_stages(self.model.backbone)
+        frozen = cfg.model.freeze_bn or cfg.model.freeze_backbone < 0 or cfg.model.freeze_backbone >= len(stages)
+        if not frozen:
+            raise TrainingError(
+                "data.cache_features needs the whole backbone frozen: set model.freeze_backbone=-1"
+            )
+        views = cfg.data.cache_views
+        info = self.model.feature_info
+        size = self.model.config.image_size
+        need = cache_bytes(info.channels, info.strides, size, views * len(self.train_data))
+        if need > cfg.data.cache_max_gb * 2**30:
+            raise TrainingError(
+                f"the feature cache needs {need / 2**30:.1f} GiB ({views} view(s) of "
+                f"{len(self.train_data)} images at {size[0]}x{size[1]}), over data.cache_max_gb="
+                f"{cfg.data.cache_max_gb:g}; lower data.cache_views or the image size, raise "
+                "data.cache_max_gb, or train without data.cache_features"
+            )
+        start = time.perf_counter()
+        model_cfg = self.model.config
+        cache = build_feature_cache(
+            self.model.backbone, self.train_data, image_size=size, mean=model_cfg.mean,
+            std=model_cfg.std, views=views, hflip_prob=cfg.data.hflip_prob,
+            scale_range=(cfg.data.scale_min, cfg.data.scale_max), seed=cfg.run.seed,
+            device=self.device, progress=self.dist.is_main and cfg.run.progress,
+        )
+        log.info(
+            "cached backbone features of %d x %d images (%.0f MB) in %.1f s",
+            views, len(self.train_data), need / 2**20, time.perf_counter() - start,
+        )
+        return cache
+
+    def _cached_batches(
+        self, epoch: int, start_step: int
+    ) -> Iterator[tuple[BackboneFeatures, list[dict[str, torch.Tensor]]]]:
+        """The batches of an epoch from the feature cache, in the data loader's order."""
+        assert self.feature_cache is not None
+        cfg = self.config
+        sampler = EpochSampler(
+            len(self.train_data), seed=cfg.run.seed, epoch=epoch, batch_size=cfg.run.batch_size,
+            start_step=start_step, rank=self.dist.rank, world_size=self.dist.world_size,
+        )
+        indices = sampler.indices
+        batch = cfg.run.batch_size
+        for begin in range(0, len(indices) - batch + 1, batch):
+            yield self.feature_cache.batch(indices[begin : begin + batch], epoch, self.device)
 
     def _configured_total_steps(self) -> int:
         run = self.config.run
@@ -459,24 +522,29 @@ class Trainer:
 
             progress = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True)
         status = "finished"
-        budget_probe_start: float | None = None
+        self._overhead = 0.0  # seconds of this fit spent in evaluations and checkpoints
+        self._eval_seconds = 0.0  # duration of the last mid-run evaluation
         try:
             self._train_mode()
             while self.step < self.total_steps and not self.stop_requested:
                 epoch, start = divmod(self.step, self.steps_per_epoch)
-                for images, targets in self._loader(epoch, start):
+                batches: Any = (
+                    self._cached_batches(epoch, start) if self.feature_cache is not None
+                    else self._loader(epoch, start)
+                )
+                for images, targets in batches:
                     if self.step >= self.total_steps or self.stop_requested:
                         break
                     t0 = time.perf_counter()
                     if not self.budget_fixed and self.step == self._fit_start_step + 1:
-                        budget_probe_start = t0  # the first step (warm-up) is not timed
+                        self._budget_mark = (t0, self.step, self._overhead)  # step 1 is warm-up
                     row = self._train_step(images, targets, scaler)
                     losses.append(row["loss"])
                     self.step += 1
-                    row["images_per_s"] = images.shape[0] * self.dist.world_size / max(1e-9, time.perf_counter() - t0)
+                    row["images_per_s"] = len(targets) * self.dist.world_size / max(1e-9, time.perf_counter() - t0)
                     row["elapsed_s"] = self.elapsed_before + time.perf_counter() - self._start
-                    if not self.budget_fixed and budget_probe_start is not None:
-                        self._maybe_fit_budget(budget_probe_start)
+                    if not self.budget_fixed and self._budget_mark is not None:
+                        self._maybe_fit_budget()
                     if self.logger is not None and (self.step % cfg.run.log_every == 0 or self.step == 1):
                         self.logger.log_step(row)
                     if progress is not None:
@@ -485,10 +553,12 @@ class Trainer:
                         progress.update(1)
                     if self.on_step is not None and self.on_step(self.step, row):
                         self.stop_requested = True
+                    t1 = time.perf_counter()
                     if cfg.run.save_every_steps and self.step % cfg.run.save_every_steps == 0:
                         self.save()
                     if self.step % self.steps_per_epoch == 0:
                         self._end_of_epoch(self.step // self.steps_per_epoch)
+                    self._overhead += time.perf_counter() - t1
             if self.stop_requested and self.step < self.total_steps:
                 status = "interrupted"
             self.save()
@@ -510,24 +580,30 @@ class Trainer:
             self.step / self.steps_per_epoch,
         )
 
-    def _maybe_fit_budget(self, probe_start: float) -> None:
+    def _maybe_fit_budget(self) -> None:
         """Fit the schedule into the time budget: first after a few timed steps, then again every
-        few steps (early steps are often slower than later ones) until half of it has run."""
+        few steps (early steps are often slower than later ones) until half of it has run.
+
+        Steps are timed without the evaluations and checkpoints between them, and the last
+        evaluation's duration is spread over the steps between two evaluations.
+        """
         done = self.step - 1 - self._fit_start_step
         if done < _BUDGET_PROBE_STEPS or (done - _BUDGET_PROBE_STEPS) % _BUDGET_REFIT_EVERY:
             return
+        assert self._budget_mark is not None
         first = self._budget_cap is None
         if self._budget_cap is None:
             self._budget_cap = self.total_steps
-        # time the most recent steps only, once there are enough of them
-        if done >= 2 * _BUDGET_REFIT_EVERY and self._budget_mark is not None:
-            mark_time, mark_step = self._budget_mark
-            per_step = (time.perf_counter() - mark_time) / max(1, self.step - mark_step)
-        else:
-            per_step = (time.perf_counter() - probe_start) / done
-        self._budget_mark = (time.perf_counter(), self.step)
+        now = time.perf_counter()
+        mark_time, mark_step, mark_overhead = self._budget_mark
+        per_step = (now - mark_time - (self._overhead - mark_overhead)) / max(1, self.step - mark_step)
+        if done >= _BUDGET_REFIT_EVERY:  # from now on, time the most recent steps only
+            self._budget_mark = (now, self.step, self._overhead)
         budget = float(self.config.run.time_budget_minutes or 0) * 60.0
-        remaining = budget - (self.elapsed_before + time.perf_counter() - self._start)
+        remaining = budget - (self.elapsed_before + now - self._start)
+        every = self.config.run.eval_every * self.steps_per_epoch
+        if every > 0 and self._eval_seconds > 0:
+            per_step += self._eval_seconds / every  # the evaluations' share of each step
         fit = self.step + max(0, int(remaining / per_step))
         if self.dist.enabled:
             fit = int(all_reduce_sum(torch.tensor(fit)).item() // self.dist.world_size)
@@ -536,9 +612,14 @@ class Trainer:
             self.warmup_steps = min(self.warmup_steps, max(1, self.total_steps // 10))
         if self.step >= self.total_steps // 2:
             self.budget_fixed = True
-        log.info("%.2f s/step: %d steps fit the %.1f-minute budget", per_step, self.total_steps, budget / 60)
+        log.info(
+            "%.2f s/step (evaluations included): %d steps fit the %.1f-minute budget",
+            per_step, self.total_steps, budget / 60,
+        )
 
-    def _train_step(self, images: torch.Tensor, targets: list[dict[str, Any]], scaler: Any) -> dict[str, float]:
+    def _train_step(
+        self, images: torch.Tensor | BackboneFeatures, targets: list[dict[str, Any]], scaler: Any
+    ) -> dict[str, float]:
         opt = self.config.optim
         lr = learning_rate(
             self.step, base_lr=self.base_lr, total_steps=self.total_steps,
@@ -547,7 +628,10 @@ class Trainer:
         )
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        images = images.to(self.device, non_blocking=True)
+        if isinstance(images, torch.Tensor):
+            images = images.to(self.device, non_blocking=True)
+        if self.config.run.channels_last:
+            images = _channels_last(images)
         targets = [
             {"boxes": t["boxes"].to(self.device), "labels": t["labels"].to(self.device)} for t in targets
         ]
@@ -599,8 +683,11 @@ class Trainer:
     def _evaluate(self) -> dict[str, float] | None:
         if self.val_data is None or not self.dist.is_main:
             return None
+        # A BN-folded, channels-last copy of the evaluation weights: the same detections to
+        # float tolerance, in about half the time of the training module on CPU.
         model = self.eval_model()
-        detector = Detector(model).to(self.device)
+        fast = optimize_for_inference(model, check=False, probe_size=self.model.config.image_size)
+        detector = Detector(fast).to(self.device)
         config = detector.config
         result, results = evaluate_detector(
             detector, self.val_data, image_size=config.image_size,
@@ -615,7 +702,9 @@ class Trainer:
         every = self.config.run.eval_every
         metrics = None
         if every and epoch % every == 0 and self.step < self.total_steps:
+            began = time.perf_counter()
             metrics = self._evaluate()
+            self._eval_seconds = time.perf_counter() - began
         if self.logger is not None:
             row: dict[str, float] = {"epoch": float(epoch), "step": float(self.step)}
             if metrics:
