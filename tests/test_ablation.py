@@ -6,6 +6,7 @@ import pytest
 
 from efficientdet import ablation
 from efficientdet.ablation import AblationSetting, ablation_config, paper_row, run_ablation
+from efficientdet.short_train import ShortTrainResult
 
 TINY = AblationSetting("tiny", "efficientdet_test", 16, 1, (128, 128))
 TINY_WIDE = AblationSetting("tiny96", "efficientdet_test", 24, 2, (96, 160))
@@ -83,9 +84,10 @@ def test_run_ablation_rejects_bad_requests(tmp_path: Path) -> None:
 def test_train_steps_call_the_training_function_per_row(tmp_path: Path) -> None:
     calls: list[tuple[str, str, int, int, Path]] = []
 
-    def fake_train(config, steps: int, run_dir: Path) -> float:
+    def fake_train(config, steps: int, run_dir: Path) -> ShortTrainResult:
         calls.append((config.neck, config.fusion, config.fpn_repeats, steps, run_dir))
-        return 0.25 if config.fusion == "sum" else 0.5
+        ap = 0.25 if config.fusion == "sum" else 0.5
+        return ShortTrainResult(ap, {"AP": ap}, config.fusion == "sum", run_dir, steps, 1.0)
 
     rows = run_ablation(
         ["fpn", "bifpn"], out_dir=tmp_path, train_steps=3, train_fn=fake_train,
@@ -97,9 +99,15 @@ def test_train_steps_call_the_training_function_per_row(tmp_path: Path) -> None:
     ]
     assert calls[2][4] == tmp_path / "train" / "bifpn-sum"
     assert [r.ap for r in rows] == [0.5, 0.5, 0.25]
-    assert "- bifpn/sum: 0.2500" in (tmp_path / "ablation.md").read_text()
+    assert [r.pretrained_backbone for r in rows] == [False, False, True]
+    markdown = (tmp_path / "ablation.md").read_text()
+    assert "3 steps at tiny: test_efficientnet backbone" in markdown
+    assert "| bifpn/sum | 0.2500 | yes | 43.94 |" in markdown
+    assert "| fpn | 0.5000 | no (from scratch) | 42.29 |" in markdown
     with (tmp_path / "ablation.csv").open() as f:
-        assert [r["ap"] for r in csv.DictReader(f)] == ["0.5", "0.5", "0.25"]
+        records = list(csv.DictReader(f))
+    assert [r["ap"] for r in records] == ["0.5", "0.5", "0.25"]
+    assert [r["pretrained_backbone"] for r in records] == ["false", "false", "true"]
 
 
 def test_cli_arguments_and_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -117,3 +125,43 @@ def test_cli_arguments_and_command(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert f"efficientdet ablate --necks nasfpn efm --fusions fast softmax sum --out {tmp_path}" in markdown
     assert "Latency" not in markdown and "network GMACs" in markdown
     assert "| nasfpn | 1 |" in markdown and "| efm | 1 |" in markdown
+
+
+def test_short_train_fn_binds_the_data_batch_and_overrides(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    ablation.add_ablate_arguments(parser)
+    args = parser.parse_args([
+        "--train-steps", "5", "--train-batch", "3", "--data", "d.yaml", "--train-set", "optim.lr=0.01",
+    ])
+    train_fn = ablation.short_train_fn(args)
+    assert train_fn.keywords == {"data": Path("d.yaml"), "batch_size": 3, "overrides": ["optim.lr=0.01"]}
+    assert ablation._training_options(parser.parse_args([])) == []
+
+
+@pytest.mark.slow
+def test_cli_trains_each_neck_and_reports_ap(
+    tmp_path: Path, tiny_demo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from efficientdet.cli import main
+
+    monkeypatch.setattr(ablation, "DEFAULT_COST_SETTINGS", (TINY,))
+    # The Lite0 detector (ImageNet backbone on disk) with a tiny neck at 128 px.
+    tiny_lite0 = AblationSetting("tiny-lite0", "tf_efficientdet_lite0", 8, 1, (128, 128))
+    monkeypatch.setattr(ablation, "DEFAULT_TRAIN_SETTING", tiny_lite0)
+    out = tmp_path / "out"
+    assert main([
+        "ablate", "--necks", "fpn", "bifpn", "--fusions", "fast", "--train-steps", "2",
+        "--train-batch", "2", "--data", str(tiny_demo.data_yaml),
+        "--train-set", "data.num_workers=0", "--no-latency", "--out", str(out),
+    ]) == 0
+    markdown = (out / "ablation.md").read_text()
+    assert f"--train-steps 2 --train-batch 2 --data {tiny_demo.data_yaml}" in markdown
+    assert "2 steps at tiny-lite0: tf_efficientnet_lite0 backbone, width 8" in markdown
+    assert "| neck | AP | ImageNet backbone | paper AP |" in markdown
+    with (out / "ablation.csv").open() as f:
+        records = list(csv.DictReader(f))
+    assert [r["neck"] for r in records] == ["fpn", "bifpn"]
+    for record in records:
+        assert 0.0 <= float(record["ap"]) <= 1.0 and record["pretrained_backbone"] == "true"
+    assert (out / "train" / "fpn" / "config.yaml").is_file()
+    assert (out / "train" / "bifpn" / "eval" / "metrics.json").is_file()

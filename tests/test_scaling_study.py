@@ -8,6 +8,7 @@ import csv
 import math
 
 import pytest
+import yaml
 
 from efficientdet.profile import profile_config
 from efficientdet.registry import get_config
@@ -175,4 +176,8 @@ def test_study_with_training_reports_ap(tmp_path, tiny_demo) -> None:
     assert all(r.ap is not None and 0.0 <= r.ap <= 1.0 for r in result.rows)
     assert all(r.config.num_classes == 10 for r in result.rows)  # the data's class count
     assert all(r.latency_ms is None for r in result.rows)
-    assert (tmp_path / "runs").is_dir()
+    # The shared short training, with the demo's recipe (efficientdet.short_train).
+    saved = yaml.safe_load((tmp_path / "runs" / result.rows[2].config.name / "config.yaml").read_text())
+    assert saved["optim"]["optimizer"] == "adamw" and saved["run"]["max_steps"] == 1
+    assert saved["model"]["pretrained_backbone"] is False
+    assert "the demo's recipe" in (tmp_path / "scaling_study.md").read_text()

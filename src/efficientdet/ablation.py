@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -34,14 +36,18 @@ from .necks import NECKS
 from .profile import count_multiply_adds, count_parameters
 from .registry import get_config
 
+if TYPE_CHECKING:
+    from .short_train import ShortTrainResult
+
 ABLATION_NECKS = ("fpn", "pafpn", "nasfpn", "fcfpn", "bifpn", "bfp", "mlfpn", "asff", "efm")
 FUSION_COMPARISON = ("fast", "softmax", "sum")  # BiFPN rows (the paper's Table 6)
 REFERENCE_NECK = "fpn"  # Table 5's 1.00x row
 REPEAT_FACTOR = {"fpn": 2}  # cells per PANet-sized cell; see the module docstring
 DEFAULT_FUSION = "fast"
 
-# Trains a detector configuration for some steps in a run folder, returns its validation AP.
-TrainFn = Callable[[ModelConfig, int, Path], float]
+# Trains a detector configuration for some steps in a run folder, returns its validation AP
+# (e.g. efficientdet.short_train.short_train with the data bound).
+TrainFn = Callable[[ModelConfig, int, Path], "ShortTrainResult"]
 
 
 @dataclass(frozen=True)
@@ -66,9 +72,12 @@ class AblationSetting:
 
 B3_SETTING = AblationSetting("B3", "tf_efficientdet_d3", 160, 6, (896, 896))
 D0_SETTING = AblationSetting("D0", "tf_efficientdet_d0", 64, 3, (512, 512))
-# What ``efficientdet ablate`` measures: params/FLOPs at both sizes, latency at D0.
+LITE0_SETTING = AblationSetting("Lite0", "tf_efficientdet_lite0", 64, 3, (320, 320))
+# What ``efficientdet ablate`` measures: params/FLOPs at both sizes, latency at D0, and with
+# --train-steps the AP at Lite0 (the one backbone with ImageNet weights on disk; the demo's).
 DEFAULT_COST_SETTINGS: tuple[AblationSetting, ...] = (B3_SETTING, D0_SETTING)
 DEFAULT_LATENCY_SETTING = D0_SETTING
+DEFAULT_TRAIN_SETTING = LITE0_SETTING
 
 
 @dataclass(frozen=True)
@@ -119,6 +128,7 @@ class AblationRow:
     costs: dict[str, NeckCost] = field(default_factory=dict)  # by setting name
     latency: Latency | None = None  # CPU latency at the latency setting
     ap: float | None = None  # validation AP after the short training
+    pretrained_backbone: bool | None = None  # whether that training started from ImageNet weights
 
     @property
     def label(self) -> str:
@@ -151,6 +161,8 @@ class AblationRow:
         out["neck_cpu_ms"] = _round(lat.neck_cpu_ms if lat else None)
         out["model_cpu_ms"] = _round(lat.model_cpu_ms if lat else None)
         out["ap"] = _round(self.ap, 4)
+        pretrained = self.pretrained_backbone
+        out["pretrained_backbone"] = "" if pretrained is None else str(pretrained).lower()
         return out
 
 
@@ -287,7 +299,7 @@ def run_ablation(
     latency_runs: int = 5,
     fusions: Sequence[str] = FUSION_COMPARISON,
     train_fn: TrainFn | None = None,
-    train_setting: AblationSetting = D0_SETTING,
+    train_setting: AblationSetting = DEFAULT_TRAIN_SETTING,
     command: str | None = None,
     echo: Callable[[str], None] | None = print,
 ) -> list[AblationRow]:
@@ -304,8 +316,10 @@ def run_ablation(
         latency_setting: size at which CPU latency is measured (``None``: skip).
         latency_runs: timed runs per model (median and fastest reported; two warm-up runs).
         fusions: fusion methods compared on BiFPN (one row each; other necks use ``fast``).
-        train_fn: ``(config, steps, run_dir) -> validation AP``, the same short training for
-            every neck (e.g. on the demo data); needed when ``train_steps > 0``.
+        train_fn: ``(config, steps, run_dir) -> ShortTrainResult`` (validation AP, whether the
+            backbone was pretrained), the same short training for every neck, e.g.
+            :func:`efficientdet.short_train.short_train` with the data bound; needed when
+            ``train_steps > 0``.
         train_setting: the detector size that is trained.
         command: the command line to record in the Markdown.
         echo: progress and the final table go here (``None``: silent).
@@ -355,12 +369,15 @@ def run_ablation(
         say(f"training each for {train_steps} steps at {train_setting.describe()}")
         for row in rows:
             config = ablation_config(train_setting, row.neck, row.fusion)
-            row.ap = train_fn(config, train_steps, out_dir / "train" / row.label.replace("/", "-"))
-            say(f"  {row.label:14s} AP {row.ap:.4f}")
+            result = train_fn(config, train_steps, out_dir / "train" / row.label.replace("/", "-"))
+            row.ap, row.pretrained_backbone = result.ap, result.pretrained_backbone
+            origin = "ImageNet backbone" if result.pretrained_backbone else "backbone from scratch"
+            say(f"  {row.label:14s} AP {row.ap:.4f} ({origin})")
 
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown = format_markdown(
-        rows, cost_settings, latency_setting, latency_runs, command=command
+        rows, cost_settings, latency_setting, latency_runs, command=command,
+        train_steps=train_steps, train_setting=train_setting,
     )
     (out_dir / "ablation.md").write_text(markdown)
     write_csv(rows, out_dir / "ablation.csv")
@@ -390,8 +407,11 @@ def format_markdown(
     latency_runs: int,
     *,
     command: str | None = None,
+    train_steps: int = 0,
+    train_setting: AblationSetting | None = None,
 ) -> str:
-    """The results as Markdown: Table 5 columns per setting next to the paper's, then latency."""
+    """The results as Markdown: Table 5 columns per setting next to the paper's, then latency,
+    then the AP after the short training of ``train_steps`` at ``train_setting`` (when run)."""
     lines = ["# Feature-network ablation", ""]
     if command:
         lines += [f"Command: `{command}`", ""]
@@ -478,9 +498,23 @@ def format_markdown(
             ),
             "",
         ]
-    if any(row.ap is not None for row in rows):
+    trained = [row for row in rows if row.ap is not None]
+    if trained:
         lines += ["## Validation AP after the same short training", ""]
-        lines += [f"- {row.label}: {row.ap:.4f}" for row in rows if row.ap is not None]
+        where = f" at {train_setting.describe()}" if train_setting is not None else ""
+        steps = f"{train_steps} steps" if train_steps else "the same steps"
+        lines += [
+            f"{steps}{where}, with the demo's recipe (`efficientdet.demo.RECIPE`); COCO "
+            "AP[.5:.95] on the validation split. The paper's AP is COCO val after full "
+            "training, for the ordering only.",
+            "",
+            "| neck | AP | ImageNet backbone | paper AP |",
+            "|---|---|---|---|",
+        ]
+        for row in trained:
+            pretrained = {True: "yes", False: "no (from scratch)", None: ""}[row.pretrained_backbone]
+            paper_ap = f"{row.paper.ap:.2f}" if row.paper else ""
+            lines.append(f"| {row.label} | {row.ap:.4f} | {pretrained} | {paper_ap} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -551,8 +585,19 @@ def add_ablate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--train-steps", type=int, default=0, metavar="N",
-        help="also train each detector N steps on the demo data and report validation AP",
+        help="also train each detector N steps (demo recipe, Lite0 size) and report validation AP",
     )
+    parser.add_argument("--train-batch", type=int, metavar="N",
+                        help="images per training step (default: the demo recipe's)")
+    parser.add_argument("--data", type=Path, metavar="YAML",
+                        help="data.yaml with train and val splits to train on "
+                             "(default: the demo data, written to OUT/demo_data)")
+    parser.add_argument("--demo-train", type=int, metavar="N",
+                        help="training images of the demo data (default: the demo's)")
+    parser.add_argument("--demo-val", type=int, metavar="N",
+                        help="validation images of the demo data (default: the demo's)")
+    parser.add_argument("--train-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="training override on top of the demo recipe, repeatable")
     parser.add_argument("--out", type=Path, default=Path("runs/ablation"), metavar="DIR",
                         help="output directory (default: runs/ablation)")
     parser.add_argument("--runs", type=int, default=5, metavar="N",
@@ -560,11 +605,41 @@ def add_ablate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-latency", action="store_true", help="skip the CPU timing")
 
 
+def _training_options(args: argparse.Namespace) -> list[str]:
+    """The training options of ``args`` as command-line words (for the record)."""
+    if not args.train_steps:
+        return []
+    words = ["--train-steps", str(args.train_steps)]
+    for option, value in (
+        ("--train-batch", args.train_batch), ("--data", args.data),
+        ("--demo-train", args.demo_train), ("--demo-val", args.demo_val),
+    ):
+        if value is not None:
+            words += [option, str(value)]
+    for override in args.train_set:
+        words += ["--train-set", override]
+    return words
+
+
+def short_train_fn(args: argparse.Namespace) -> TrainFn:
+    """:func:`efficientdet.short_train.short_train` on ``args.data`` (or the demo data, written
+    once to ``args.out / "demo_data"``) with the batch and overrides of ``args``."""
+    from .short_train import demo_data, short_train
+
+    data = args.data
+    if data is None:
+        sizes = {"num_train": args.demo_train, "num_val": args.demo_val}
+        data = demo_data(args.out / "demo_data", **{k: v for k, v in sizes.items() if v is not None})
+    return functools.partial(
+        short_train, data=data, batch_size=args.train_batch, overrides=args.train_set
+    )
+
+
 def cmd_ablate(args: argparse.Namespace) -> int:
     """Run :func:`run_ablation` from parsed ``efficientdet ablate`` arguments."""
     command = " ".join(
         ["efficientdet ablate", "--necks", *args.necks, "--fusions", *args.fusions]
-        + (["--train-steps", str(args.train_steps)] if args.train_steps else [])
+        + _training_options(args)
         + ["--out", str(args.out), "--runs", str(args.runs)]
         + (["--no-latency"] if args.no_latency else [])
     )
@@ -576,6 +651,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         latency_setting=None if args.no_latency else DEFAULT_LATENCY_SETTING,
         latency_runs=args.runs,
         fusions=args.fusions,
+        train_fn=short_train_fn(args) if args.train_steps > 0 else None,
+        train_setting=DEFAULT_TRAIN_SETTING,
         command=command,
     )
     return 0
@@ -588,6 +665,8 @@ __all__ = [
     "Latency",
     "DEFAULT_COST_SETTINGS",
     "DEFAULT_LATENCY_SETTING",
+    "DEFAULT_TRAIN_SETTING",
+    "LITE0_SETTING",
     "AblationRow",
     "AblationSetting",
     "NeckCost",
@@ -601,5 +680,6 @@ __all__ = [
     "neck_inputs",
     "paper_row",
     "run_ablation",
+    "short_train_fn",
 ]
 

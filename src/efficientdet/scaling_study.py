@@ -69,8 +69,9 @@ class StudySettings:
         latency_batch, latency_repeats, latency_warmup, threads: CPU timing.
         train_steps: 0 skips training; otherwise steps of training per configuration.
         train_batch_size, data, demo_train, demo_val, pretrained_backbone, seed: the short
-            training; ``data`` is a ``data.yaml`` with train and val splits (None writes a demo
-            set of ``demo_train`` / ``demo_val`` images).
+            training (:func:`efficientdet.short_train.short_train`, the demo's recipe); ``data``
+            is a ``data.yaml`` with train and val splits (None writes a demo set of
+            ``demo_train`` / ``demo_val`` images).
         rules: the compound-scaling rules (the paper's by default).
     """
 
@@ -392,55 +393,6 @@ def measure_latencies(
         torch.set_num_threads(previous)
 
 
-def _register_temporary(config: ModelConfig) -> str:
-    """Register ``config`` for the trainer (which builds registry names) and return its name;
-    a name already taken by another architecture gets a numbered suffix."""
-    from .registry import get_config, list_models, register_model
-
-    name, n = f"scaling_study_{config.name}", 1
-    while name in list_models():
-        if get_config(name) == replace(config, name=name):
-            return name
-        n += 1
-        name = f"scaling_study_{config.name}_{n}"
-    register_model(replace(config, name=name))
-    return name
-
-
-def train_and_evaluate(config: ModelConfig, settings: StudySettings, data: str, run_dir: Path) -> float:
-    """Validation AP of ``config`` after ``settings.train_steps`` steps on ``data``."""
-    from .train import config_from_dict, train
-
-    name = _register_temporary(config)
-    train_config = config_from_dict({
-        "model": {"name": name, "pretrained_backbone": settings.pretrained_backbone},
-        "data": {"train": data, "val": data, "num_workers": 0},
-        "run": {
-            "max_steps": settings.train_steps, "batch_size": settings.train_batch_size,
-            "out_dir": str(run_dir), "eval_every": 0, "progress": False, "device": "cpu",
-            "seed": settings.seed, "save_every_steps": max(settings.train_steps, 1),
-        },
-    })
-    result = train(train_config)
-    if not result.metrics:
-        raise RuntimeError(f"training {config.name} gave no validation metrics")
-    return float(result.metrics["AP"])
-
-
-def _study_data(settings: StudySettings, out_dir: Path) -> tuple[str, int]:
-    """The ``data.yaml`` to train on (written when not given) and its class count."""
-    from .data import load_dataset, write_demo_dataset
-
-    data = settings.data
-    if data is None:
-        files = write_demo_dataset(
-            out_dir / "demo_data", seed=settings.seed, num_train=settings.demo_train,
-            num_val=settings.demo_val,
-        )
-        data = str(files.data_yaml)
-    return data, load_dataset(data, "train").num_classes
-
-
 def run_study(
     settings: StudySettings, out_dir: str | Path, *, command: str | None = None,
     report: Callable[[str], None] = print,
@@ -450,8 +402,14 @@ def run_study(
     out.mkdir(parents=True, exist_ok=True)
     data = None
     if settings.train_steps:
-        data, num_classes = _study_data(settings, out)
-        settings = replace(settings, num_classes=num_classes)
+        from .data import load_dataset
+        from .short_train import demo_data
+
+        data = settings.data or demo_data(
+            out / "demo_data", seed=settings.seed, num_train=settings.demo_train,
+            num_val=settings.demo_val,
+        )
+        settings = replace(settings, num_classes=load_dataset(data, "train").num_classes)
     rows = plan_study(settings)
     report(f"{len(rows)} configurations planned")
     notes = []
@@ -473,7 +431,13 @@ def run_study(
             )
     for row in rows:
         if data is not None:
-            row.ap = train_and_evaluate(row.config, settings, data, out / "runs" / row.config.name)
+            from .short_train import short_train
+
+            row.ap = short_train(
+                row.config, settings.train_steps, out / "runs" / row.config.name, data=data,
+                batch_size=settings.train_batch_size, seed=settings.seed,
+                pretrained_backbone=settings.pretrained_backbone,
+            ).ap
         latency = "" if row.latency_ms is None else f", {row.latency_ms:.0f} ms"
         ap = "" if row.ap is None else f", AP {row.ap:.4f}"
         report(f"{row.method:>10s} phi={row.phi:g} {row.knob}: {row.multiply_adds / 1e9:.2f} GMACs{latency}{ap}")
@@ -539,8 +503,9 @@ def write_outputs(
     ]
     if settings.train_steps:
         text += ["", f"AP: COCO AP on the validation split after {settings.train_steps} training "
-                 f"steps at batch {settings.train_batch_size} (pretrained backbone: "
-                 f"{settings.pretrained_backbone}); data `{settings.data or 'demo digit scenes'}`."]
+                 f"steps at batch {settings.train_batch_size} with the demo's recipe "
+                 f"(`efficientdet.demo.RECIPE`; pretrained backbone: {settings.pretrained_backbone}); "
+                 f"data `{settings.data or 'demo digit scenes'}`."]
     text += [line for note in notes for line in ("", note)]
     if command:
         text += ["", "Command:", "", "```", command, "```"]
