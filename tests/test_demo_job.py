@@ -12,7 +12,7 @@ def test_demo_job_end_to_end_on_a_tiny_setting(tmp_path: Path) -> None:
         progress=False,
         data_args={"seed": 0, "num_train": 16, "num_val": 8, "image_size": 128},
         extra=[
-            "model.name=efficientdet_test", "model.pretrained_backbone=false", "model.freeze_backbone=0",
+            "model.name=efficientdet_test", "model.pretrained_backbone=false",
             "run.max_steps=4", "run.batch_size=4", "run.eval_every=1", "data.num_workers=0",
         ],
     )
@@ -29,5 +29,5 @@ def test_demo_job_end_to_end_on_a_tiny_setting(tmp_path: Path) -> None:
     run_demo(tmp_path / "run2", data_dir=tmp_path / "data", minutes=5, progress=False,
              data_args={"seed": 0, "num_train": 16, "num_val": 8, "image_size": 128},
              extra=["model.name=efficientdet_test", "model.pretrained_backbone=false",
-                    "model.freeze_backbone=0", "run.max_steps=1", "run.batch_size=4", "data.num_workers=0"])
+                    "run.max_steps=1", "run.batch_size=4", "data.num_workers=0"])
     assert stamp.stat().st_mtime_ns == before

@@ -25,26 +25,28 @@ log = logging.getLogger(__name__)
 # The demo data: 10 digit classes on photo crops, 320 px images (see efficientdet.data.demo).
 DATA_ARGS: dict[str, Any] = {"seed": 0, "num_train": 1600, "num_val": 200, "image_size": 320}
 
-# The short-budget recipe. The official one (SGD 0.08/64, 300 epochs) needs days; in ~10
-# minutes on 2 CPU cores AdamW, a frozen stem, no flips (digits are not mirror-symmetric) and
-# a milder scale jitter learn far faster. Every key is an ordinary `efficientdet train` option.
+# The short-budget recipe. The official one (SGD 0.08/64, 300 epochs, everything trained)
+# needs days; in ~10 minutes on 2 CPU cores the way to a good detector is to keep the ImageNet
+# Lite0 backbone frozen, compute its features once (data.cache_features: the backbone is 85 %
+# of the FLOPs), and train the BiFPN and heads with AdamW at a high rate, NHWC on the CPU.
+# No flips or scale jitter: digits are not mirror-symmetric, and the cache holds one
+# (letterboxed) view of each image. Every key is an ordinary `efficientdet train` option.
 RECIPE: list[str] = [
     "model.name=tf_efficientdet_lite0",
     "model.pretrained_backbone=true",
-    "model.freeze_backbone=2",
+    "model.freeze_backbone=-1",
+    "data.cache_features=true",
+    "data.augment=false",
     "optim.optimizer=adamw",
-    "optim.lr=0.002",
+    "optim.lr=0.01",
     "optim.weight_decay=0.0001",
     "optim.warmup_epochs=0.3",
     "optim.ema_decay=0.999",
-    "data.hflip_prob=0.0",
-    "data.scale_min=0.6",
-    "data.scale_max=1.5",
-    "data.num_workers=1",
     "run.batch_size=16",
+    "run.channels_last=true",
     "run.epochs=30",
-    "run.eval_every=1",
-    "run.save_every_steps=50",
+    "run.eval_every=3",
+    "run.save_every_steps=100",
 ]
 
 
@@ -104,10 +106,12 @@ def write_report(
     lines = [
         "# EfficientDet demo: digit scenes",
         "",
-        "`tf_efficientdet_lite0`, starting from the ImageNet EfficientNet-Lite0 backbone, trained on the",
-        "bundled digit-scenes data (scikit-learn's handwritten digits composited on photo crops,",
-        f"10 classes, {data_args['num_train']} training and {data_args['num_val']} validation images of "
-        f"{data_args['image_size']} px) and evaluated with pycocotools on the validation split.",
+        "`tf_efficientdet_lite0` on the bundled digit-scenes data (scikit-learn's handwritten digits",
+        "composited on photo crops, 10 classes, "
+        f"{data_args['num_train']} training and {data_args['num_val']} validation images of "
+        f"{data_args['image_size']} px), evaluated with pycocotools on the validation split. The",
+        "ImageNet EfficientNet-Lite0 backbone stays frozen (its features are computed once and",
+        "cached); the BiFPN and the class/box heads are trained.",
         "",
         "## Validation metrics (COCO)",
         "",
