@@ -52,6 +52,43 @@ def test_focal_loss_hand_values() -> None:
     )
 
 
+def test_focal_loss_equals_torchvision_with_its_gradient() -> None:
+    import torchvision
+
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(2, 300, 5, generator=g) * 4).requires_grad_()
+    targets = torch.rand(2, 300, 5, generator=g) < 0.1
+    reference = (logits.detach().clone().requires_grad_())
+    ours = focal_loss(logits, targets)
+    theirs = torchvision.ops.sigmoid_focal_loss(reference, targets.float(), alpha=0.25, gamma=1.5)
+    torch.testing.assert_close(ours, theirs)
+    weights = torch.rand(2, 300, 5, generator=g)
+    (ours * weights).sum().backward()
+    (theirs * weights).sum().backward()
+    torch.testing.assert_close(logits.grad, reference.grad)
+    x = torch.randn(4, 6, dtype=torch.float64, generator=g, requires_grad=True)
+    t = torch.rand(4, 6, generator=g) < 0.3
+    assert torch.autograd.gradcheck(lambda v: focal_loss(v, t, alpha=0.4, gamma=2.0), (x,))
+
+
+def test_focal_loss_sum_in_blocks_equals_the_masked_sum(monkeypatch) -> None:
+    import efficientdet.loss as loss_module
+
+    monkeypatch.setattr(loss_module, "_FOCAL_BLOCK", 64)  # many blocks, a ragged last one
+    g = torch.Generator().manual_seed(1)
+    logits = (torch.randn(301, 7, generator=g) * 3).requires_grad_()
+    labels = torch.randint(-2, 7, (301,), generator=g)  # negatives: no class
+    keep = torch.rand(301, generator=g) > 0.2
+    reference = logits.detach().clone().requires_grad_()
+    one_hot = labels[:, None] == torch.arange(7)
+    expected = (focal_loss(reference, one_hot) * keep[:, None]).sum()
+    total = loss_module.focal_loss_sum(logits, labels, keep)
+    torch.testing.assert_close(total, expected)
+    (2.0 * total).backward()
+    (2.0 * expected).backward()
+    torch.testing.assert_close(logits.grad, reference.grad)
+
+
 def test_huber_loss_hand_values() -> None:
     inputs = torch.tensor([0.05, 0.3, -0.3, 0.0])
     targets = torch.zeros(4)
