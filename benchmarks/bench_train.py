@@ -45,7 +45,10 @@ def run_one(which: str, model_name: str, batch: int, repeats: int) -> dict[str, 
     import efficientdet as ed
 
     torch.manual_seed(0)
-    ref = effdet.create_model(model_name, pretrained=False, pretrained_backbone=False, bench_task="train")
+    # bench_labeler: effdet labels the anchors inside the step, as this project does
+    ref = effdet.create_model(
+        model_name, pretrained=False, pretrained_backbone=False, bench_task="train", bench_labeler=True
+    )
     size = ref.config.image_size[0]
     images = torch.randn(batch, 3, size, size)
     ours_t, theirs_t = _targets(batch, size)
