@@ -352,7 +352,7 @@ class Trainer:
         if not cfg.data.cache_features:
             return None
         stages = backbone_stages(self.model.backbone)
-        frozen = cfg.model.freeze_bn or cfg.model.freeze_backbone < 0 or cfg.model.freeze_backbone >= len(stages)
+        frozen = cfg.model.freeze_backbone < 0 or cfg.model.freeze_backbone >= len(stages)
         if not frozen:
             raise TrainingError(
                 "data.cache_features needs the whole backbone frozen: set model.freeze_backbone=-1"
