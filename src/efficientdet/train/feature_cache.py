@@ -3,7 +3,7 @@ every step.
 
 With the whole backbone frozen (``model.freeze_backbone=-1``, its BN statistics fixed) its
 output for an image depends on the pixels alone, so it can be computed once and reused every
-epoch. The backbone holds most of a detector's FLOPs (87 % of EfficientDet-Lite0's at 320 px),
+epoch. The backbone holds most of a detector's FLOPs (85 % of EfficientDet-Lite0's at 320 px),
 so a step then costs the neck, heads and loss only. Augmentation is kept by caching ``views``
 versions of each image: view 0 is the plain letterbox, views 1.. are draws of the training
 augmentation with seeds fixed per view, and epoch ``e`` trains on view ``e % views``.
