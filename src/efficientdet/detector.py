@@ -43,6 +43,15 @@ class BackboneFeatures(NamedTuple):
         return int(self.maps[0].shape[0])
 
 
+def _input_size(images: Tensor | BackboneFeatures) -> tuple[int, int]:
+    """``(H, W)`` of the network input a batch stands for; a ValueError for a non-image tensor."""
+    if isinstance(images, BackboneFeatures):
+        return images.image_size
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be Tensor[B, 3, H, W], got shape {tuple(images.shape)}")
+    return (int(images.shape[-2]), int(images.shape[-1]))
+
+
 class Detector(nn.Module):
     """EfficientDet training and inference around a raw network.
 
@@ -129,10 +138,10 @@ class Detector(nn.Module):
         self, images: Tensor | BackboneFeatures
     ) -> tuple[list[Tensor], list[Tensor], Tensor]:
         config = self.config
+        size = _input_size(images)
+        check_image_size(size, config.max_level)
         if isinstance(images, BackboneFeatures):
-            size = images.image_size
             device = images.maps[0].device
-            check_image_size(size, config.max_level)
             forward_features = getattr(self.model, "forward_features", None)
             if not callable(forward_features):
                 raise ValueError(
@@ -140,11 +149,7 @@ class Detector(nn.Module):
                 )
             class_outputs, box_outputs = forward_features(list(images.maps))
         else:
-            if images.dim() != 4 or images.shape[1] != 3:
-                raise ValueError(f"images must be Tensor[B, 3, H, W], got shape {tuple(images.shape)}")
-            size = (int(images.shape[-2]), int(images.shape[-1]))
             device = images.device
-            check_image_size(size, config.max_level)
             class_outputs, box_outputs = self.model(images)
         class_outputs, box_outputs = list(class_outputs), list(box_outputs)
         if len(class_outputs) != config.num_levels or len(box_outputs) != config.num_levels:
@@ -202,10 +207,7 @@ class Detector(nn.Module):
             "labels": Tensor[K] int64 in 0..C-1}``, ``K <= max_detections``, best first.
         """
         class_outputs, box_outputs, anchors = self._run_model(images)
-        if isinstance(images, BackboneFeatures):
-            size = images.image_size
-        else:
-            size = (int(images.shape[-2]), int(images.shape[-1]))
+        size = _input_size(images)
         return postprocess(
             class_outputs,
             box_outputs,
