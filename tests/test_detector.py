@@ -210,3 +210,39 @@ def test_with_the_registered_tiny_model() -> None:
         dets = detector(torch.randn(1, 3, 128, 128))
     assert len(dets) == 1 and dets[0]["boxes"].shape[1] == 4
     assert dets[0]["labels"].max() < 4
+
+
+class LayoutProbe(nn.Module):
+    """Wraps a network and records the memory layout of each input it gets."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.config, self.seen = model, model.config, []
+
+    def forward(self, images: torch.Tensor):
+        self.seen.append(images.is_contiguous(memory_format=torch.channels_last))
+        return self.model(images)
+
+
+def test_cpu_inference_feeds_channels_last_with_the_same_detections() -> None:
+    from efficientdet.registry import create_model
+
+    torch.manual_seed(5)
+    model = create_model("efficientdet_test", num_classes=4).eval()
+    with torch.no_grad():  # the prediction convs start at zero: give the scores some spread
+        for param in model.parameters():
+            param.add_(torch.randn_like(param), alpha=0.1)
+    probe = LayoutProbe(model)
+    images = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        nhwc = Detector(probe, max_detections=20).eval()(images)
+        nchw = Detector(probe, max_detections=20, channels_last=False).eval()(images)
+    assert probe.seen == [True, False]
+    for a, b in zip(nhwc, nchw, strict=True):
+        assert torch.equal(a["labels"], b["labels"]) and a["boxes"].shape[0] > 0
+        torch.testing.assert_close(a["boxes"], b["boxes"], rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(a["scores"], b["scores"], rtol=1e-4, atol=1e-5)
+    # Training keeps the caller's layout (run.channels_last decides there).
+    probe.seen.clear()
+    Detector(probe).train()(images, make_targets())
+    assert probe.seen == [False]

@@ -25,15 +25,18 @@ NUM_CLASSES = 3
 ANCHORS = generate_anchors(INPUT_SIZE, *LEVELS, AnchorConfig())
 
 
-def to_levels(flat: torch.Tensor, num_anchors: int = 9) -> list[torch.Tensor]:
-    """``[B, N, K]`` in anchor order -> per level ``[B, A*K, H, W]`` (the model's layout)."""
+def to_levels(
+    flat: torch.Tensor, num_anchors: int = 9, memory_format: torch.memory_format = torch.contiguous_format
+) -> list[torch.Tensor]:
+    """``[B, N, K]`` in anchor order -> per level ``[B, A*K, H, W]`` (the model's layout),
+    NCHW or channels-last in memory."""
     out, start = [], 0
     batch, _, k = flat.shape
     for level in range(LEVELS[0], LEVELS[1] + 1):
         h, w = INPUT_SIZE[0] // 2**level, INPUT_SIZE[1] // 2**level
         n = h * w * num_anchors
         block = flat[:, start : start + n].reshape(batch, h, w, num_anchors * k)
-        out.append(block.permute(0, 3, 1, 2).contiguous())
+        out.append(block.permute(0, 3, 1, 2).contiguous(memory_format=memory_format))
         start += n
     return out
 
@@ -161,20 +164,23 @@ def test_max_detections() -> None:
             assert det["labels"].min() >= 0 and det["labels"].max() < NUM_CLASSES
 
 
+LAYOUTS = {"nchw": torch.contiguous_format, "nhwc": torch.channels_last}
+
+
 @pytest.mark.parametrize("k", [1, 37, 500, 10**6])
 @pytest.mark.parametrize("traceable", [False, True])
-def test_select_top_k_equals_a_full_sort(k: int, traceable: bool) -> None:
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_select_top_k_equals_a_full_sort(k: int, traceable: bool, layout: str) -> None:
     g = torch.Generator().manual_seed(k)
     logits = torch.randn(2, ANCHORS.shape[0], NUM_CLASSES, generator=g)
-    scores, anchor_index, labels = select_top_k(
-        to_levels(logits), NUM_CLASSES, k, traceable=traceable
-    )
+    levels = to_levels(logits, memory_format=LAYOUTS[layout])
+    scores, anchor_index, labels = select_top_k(levels, NUM_CLASSES, k, traceable=traceable)
     expected = logits.reshape(2, -1).topk(min(k, logits[0].numel()), dim=1).values.sigmoid()
     torch.testing.assert_close(scores.sort(dim=1, descending=True).values, expected)
     # Each candidate's (anchor, label) points at its own logit.
     picked = logits[torch.arange(2).unsqueeze(1), anchor_index, labels]
     torch.testing.assert_close(picked.sigmoid(), scores)
-    flat = flatten_level_outputs(to_levels(logits), NUM_CLASSES)
+    flat = flatten_level_outputs(levels, NUM_CLASSES)
     assert torch.equal(flat, logits)
 
 
@@ -246,10 +252,11 @@ def test_class_aware_nms_equals_torchvision_batched_nms(count: int) -> None:
     assert class_aware_nms(boxes[:0], scores[:0], labels[:0], 0.5).shape == (0,)
 
 
-def test_select_top_k_with_nan_logits_falls_back_to_the_gather() -> None:
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_select_top_k_with_nan_logits_falls_back_to_the_gather(layout: str) -> None:
     logits = torch.randn(1, ANCHORS.shape[0], NUM_CLASSES, generator=torch.Generator().manual_seed(3))
     logits[0, 5, 1] = float("nan")
-    fast = select_top_k(to_levels(logits), NUM_CLASSES, 100)
+    fast = select_top_k(to_levels(logits, memory_format=LAYOUTS[layout]), NUM_CLASSES, 100)
     exact = select_top_k(to_levels(logits), NUM_CLASSES, 100, traceable=True)
     assert fast[0].shape == exact[0].shape == (1, 100)
     assert torch.equal(fast[1].sort().values, exact[1].sort().values)

@@ -25,6 +25,7 @@ _EXPORTS = {
     "list_models": "registry",
     "register_model": "registry",
     "load_trained": "loading",
+    "tune_cpu_allocator": "runtime",
 }
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from .loading import load_trained
     from .model import EfficientDet
     from .registry import create_model, get_config, list_models, register_model
+    from .runtime import tune_cpu_allocator
 
 
 def __getattr__(name: str) -> Any:
@@ -65,4 +67,5 @@ __all__ = [
     "load_trained",
     "register_model",
     "save_checkpoint",
+    "tune_cpu_allocator",
 ]

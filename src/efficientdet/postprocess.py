@@ -202,7 +202,9 @@ def select_top_k(
     * with ``traceable=True`` (fixed shapes, for export), the ``C`` logits of each top anchor
       are gathered and the top ``k`` taken among those ``k * C``.
 
-    The outputs are read in their own layout (concatenated, never permuted).
+    The outputs are read in their own layout: NCHW ones as ``[A, C, HW]`` per level, never
+    permuted; channels-last ones (what the detector gives on CPU) as ``[HW * A, C]``, which
+    is already anchor order.
 
     Args:
         class_outputs: per level ``Tensor[B, A * C, H_l, W_l]`` logits.
@@ -215,6 +217,12 @@ def select_top_k(
         anchor order of :func:`efficientdet.anchors.generate_anchors`, and ``labels``
         ``Tensor[B, k]`` (int64, ``0..C-1``); in no particular order.
     """
+    nhwc = not traceable and all(
+        out.dim() == 4 and out.is_contiguous(memory_format=torch.channels_last)
+        for out in class_outputs
+    )
+    if nhwc:
+        return _select_top_k_anchor_major(class_outputs, num_classes, k)
     levels = []
     for i, out in enumerate(class_outputs):
         if out.dim() != 4 or out.shape[1] % num_classes:
@@ -252,6 +260,27 @@ def select_top_k(
     candidates = all_logits.gather(1, flat_index.reshape(batch, -1))
     top_logits, index = candidates.topk(min(k, candidates.shape[1]), dim=1, sorted=False)
     anchor_index = top_anchor.gather(1, index // num_classes)
+    return top_logits.float().sigmoid(), anchor_index, index % num_classes
+
+
+def _select_top_k_anchor_major(
+    class_outputs: Sequence[Tensor], num_classes: int, k: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`select_top_k` for outputs whose memory is already in anchor order
+    (channels-last), as ``Tensor[B, N, C]`` with no copy but the concatenation."""
+    logits = flatten_level_outputs(list(class_outputs), num_classes)  # [B, N, C]
+    batch, num_anchors, _ = logits.shape
+    top = logits.amax(dim=2).topk(min(k, num_anchors), dim=1, sorted=False)  # [B, Ka]
+    if k < num_anchors:
+        picked = _select_above(logits.reshape(batch, -1), top.values, k)
+        if picked is not None:
+            top_logits, position = picked
+            return top_logits.float().sigmoid(), position // num_classes, position % num_classes
+    candidates = logits.gather(1, top.indices.unsqueeze(-1).expand(-1, -1, num_classes))
+    top_logits, index = candidates.reshape(batch, -1).topk(
+        min(k, candidates[0].numel()), dim=1, sorted=False
+    )
+    anchor_index = top.indices.gather(1, index // num_classes)
     return top_logits.float().sigmoid(), anchor_index, index % num_classes
 
 

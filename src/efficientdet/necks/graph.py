@@ -226,7 +226,7 @@ class Fusion(nn.Module):
             weights = weights[:, None, :, None, None]  # [n, 1, C, 1, 1] against [B, C, H, W]
         out = inputs[0] * weights[0]
         for i in range(1, len(inputs)):
-            out = out + inputs[i] * weights[i]
+            out.addcmul_(inputs[i], weights[i])  # in place on a fresh tensor: one pass, no temp
         return out
 
 
