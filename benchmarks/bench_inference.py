@@ -53,24 +53,29 @@ def cpu_peak_gflops(threads: int) -> tuple[float, str]:
     return peak, formula
 
 
-def ablation(model: torch.nn.Module, args: argparse.Namespace) -> None:
-    """Network-only latency of BN folding (with and without per-level head copies) and
-    channels-last, alone and together, against the eager network, at the first batch size."""
-    variants = {
-        "eager": model,
-        "fold (heads shared)": optimize_for_inference(model, unshare_head_convs=False, channels_last=False),
-        "fold (heads unshared)": optimize_for_inference(model, channels_last=False),
-        "channels-last": optimize_for_inference(model, fold_bn=False),
-        "fold (shared) + CL": optimize_for_inference(model, unshare_head_convs=False),
-        "fold (unshared) + CL": optimize_for_inference(model),
-    }
+def ablation(model: torch.nn.Module, reference: torch.nn.Module, args: argparse.Namespace) -> None:
+    """Network-only latency of channels-last input, BN folding (with and without per-level head
+    copies) and channels-last weights, alone and together, against the eager network on NCHW
+    input, at the first batch size; effdet's network on both layouts for comparison."""
     batch = args.batches[0]
     x = torch.randn(batch, 3, *model.config.image_size, generator=torch.Generator().manual_seed(0))
+    nhwc = x.contiguous(memory_format=torch.channels_last)
+    variants = {  # name: (network, its input)
+        "eager": (model, x),
+        "channels-last input": (model, nhwc),
+        "fold (heads shared)": (optimize_for_inference(model, unshare_head_convs=False, channels_last=False), x),
+        "fold (heads unshared)": (optimize_for_inference(model, channels_last=False), x),
+        "channels-last": (optimize_for_inference(model, fold_bn=False), nhwc),
+        "fold (shared) + CL": (optimize_for_inference(model, unshare_head_convs=False), nhwc),
+        "fold (unshared) + CL": (optimize_for_inference(model), nhwc),
+        "effdet network": (reference, x),
+        "effdet, CL input": (reference, nhwc),
+    }
+    fns: dict[str, Callable[[], object]] = {
+        name: (lambda m=m, i=i: m(i)) for name, (m, i) in variants.items()
+    }
     with torch.inference_mode():
-        times = interleaved_median_ms(
-            {name: (lambda m=m: m(x)) for name, m in variants.items()},
-            repeats=args.repeats, warmup=args.warmup,
-        )
+        times = interleaved_median_ms(fns, repeats=args.repeats, warmup=args.warmup)
     print(f"# network only, batch {batch}, {machine()}, median of {args.repeats} interleaved")
     for name, ms in times.items():
         print(f"{name:24s} {ms:8.1f} ms  {ms / times['eager']:.3f} x eager")
@@ -218,7 +223,7 @@ def main() -> None:
     ours = ed.create_model(args.model, checkpoint=weights).eval()
     size = ours.config.image_size
     if args.ablation:
-        ablation(ours, args)
+        ablation(ours, ref.model, args)
         workdir.cleanup()
         return
     if args.onnx_detail:

@@ -138,6 +138,8 @@ def main() -> None:
     with torch.inference_mode():
         x_ref, img_info = effdet_pre()
         x_ours, infos = ours_pre()
+        # As Detector.detect runs it on CPU: channels-last input, so NHWC outputs.
+        x_ours = x_ours.contiguous(memory_format=torch.channels_last)
         out_ref = ref.model(x_ref)
         out_ours = ours(x_ours)
         candidates = int((torch.cat([c.flatten() for c in out_ours[0]]).sigmoid() > 0.001).sum())

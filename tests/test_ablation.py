@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from efficientdet import ablation
+from efficientdet import ablation, ablation_cli
 from efficientdet.ablation import AblationSetting, ablation_config, paper_row, run_ablation
 from efficientdet.short_train import ShortTrainResult
 
@@ -112,7 +112,7 @@ def test_train_steps_call_the_training_function_per_row(tmp_path: Path) -> None:
 
 def test_cli_arguments_and_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     parser = argparse.ArgumentParser()
-    ablation.add_ablate_arguments(parser)
+    ablation_cli.add_ablate_arguments(parser)
     defaults = parser.parse_args([])
     assert defaults.necks == list(ablation.ABLATION_NECKS) and defaults.train_steps == 0
     assert defaults.fusions == ["fast", "softmax", "sum"] and defaults.out == Path("runs/ablation")
@@ -120,7 +120,7 @@ def test_cli_arguments_and_command(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         parser.parse_args(["--necks", "unet"])
     args = parser.parse_args(["--necks", "nasfpn", "efm", "--out", str(tmp_path), "--no-latency"])
     monkeypatch.setattr(ablation, "DEFAULT_COST_SETTINGS", (TINY,))
-    assert ablation.cmd_ablate(args) == 0
+    assert ablation_cli.cmd_ablate(args) == 0
     markdown = (tmp_path / "ablation.md").read_text()
     assert f"efficientdet ablate --necks nasfpn efm --fusions fast softmax sum --out {tmp_path}" in markdown
     assert "Latency" not in markdown and "network GMACs" in markdown
@@ -129,13 +129,13 @@ def test_cli_arguments_and_command(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 def test_short_train_fn_binds_the_data_batch_and_overrides(tmp_path: Path) -> None:
     parser = argparse.ArgumentParser()
-    ablation.add_ablate_arguments(parser)
+    ablation_cli.add_ablate_arguments(parser)
     args = parser.parse_args([
         "--train-steps", "5", "--train-batch", "3", "--data", "d.yaml", "--train-set", "optim.lr=0.01",
     ])
-    train_fn = ablation.short_train_fn(args)
+    train_fn = ablation_cli.short_train_fn(args)
     assert train_fn.keywords == {"data": Path("d.yaml"), "batch_size": 3, "overrides": ["optim.lr=0.01"]}
-    assert ablation._training_options(parser.parse_args([])) == []
+    assert ablation_cli._training_options(parser.parse_args([])) == []
 
 
 @pytest.mark.slow

@@ -4,7 +4,8 @@ speed column (fusion methods), measured on this code, plus CPU latency.
 The same detector (backbone, P6/P7 generation, class/box heads) is built with each neck.
 Sizes and costs are counted on the meta device (no memory, no time); latency is measured on
 the CPU with real weights. The results are printed and written as Markdown, CSV and a PNG
-chart. ``efficientdet ablate`` is a thin wrapper around :func:`run_ablation`.
+chart. ``efficientdet ablate`` (:mod:`efficientdet.ablation_cli`) is a thin wrapper around
+:func:`run_ablation`.
 
 Repeats: the paper does not print how often each network is repeated in its Table 5. Its
 "repeated top-down FPN" and "repeated FPN + PANet" rows have the same parameters and FLOPs
@@ -16,9 +17,7 @@ BiFPN depth, 6.
 
 from __future__ import annotations
 
-import argparse
 import csv
-import functools
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -30,7 +29,7 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
-from .config import FUSION_METHODS, ModelConfig
+from .config import ModelConfig
 from .model import EfficientDet
 from .necks import NECKS
 from .profile import count_multiply_adds, count_parameters
@@ -572,92 +571,6 @@ def plot_ablation(
 # ---- command line ----------------------------------------------------------------------------
 
 
-def add_ablate_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``efficientdet ablate``."""
-    parser.add_argument(
-        "--necks", nargs="+", default=list(ABLATION_NECKS), choices=sorted(NECKS), metavar="NECK",
-        help=f"necks to compare (default: all: {' '.join(ABLATION_NECKS)})",
-    )
-    parser.add_argument(
-        "--fusions", nargs="+", default=list(FUSION_COMPARISON), choices=FUSION_METHODS,
-        metavar="FUSION",
-        help="fusion methods compared on BiFPN (default: fast softmax sum)",
-    )
-    parser.add_argument(
-        "--train-steps", type=int, default=0, metavar="N",
-        help="also train each detector N steps (demo recipe, Lite0 size) and report validation AP",
-    )
-    parser.add_argument("--train-batch", type=int, metavar="N",
-                        help="images per training step (default: the demo recipe's)")
-    parser.add_argument("--data", type=Path, metavar="YAML",
-                        help="data.yaml with train and val splits to train on "
-                             "(default: the demo data, written to OUT/demo_data)")
-    parser.add_argument("--demo-train", type=int, metavar="N",
-                        help="training images of the demo data (default: the demo's)")
-    parser.add_argument("--demo-val", type=int, metavar="N",
-                        help="validation images of the demo data (default: the demo's)")
-    parser.add_argument("--train-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="training override on top of the demo recipe, repeatable")
-    parser.add_argument("--out", type=Path, default=Path("runs/ablation"), metavar="DIR",
-                        help="output directory (default: runs/ablation)")
-    parser.add_argument("--runs", type=int, default=5, metavar="N",
-                        help="timed runs per model; median and fastest reported (default: 5)")
-    parser.add_argument("--no-latency", action="store_true", help="skip the CPU timing")
-
-
-def _training_options(args: argparse.Namespace) -> list[str]:
-    """The training options of ``args`` as command-line words (for the record)."""
-    if not args.train_steps:
-        return []
-    words = ["--train-steps", str(args.train_steps)]
-    for option, value in (
-        ("--train-batch", args.train_batch), ("--data", args.data),
-        ("--demo-train", args.demo_train), ("--demo-val", args.demo_val),
-    ):
-        if value is not None:
-            words += [option, str(value)]
-    for override in args.train_set:
-        words += ["--train-set", override]
-    return words
-
-
-def short_train_fn(args: argparse.Namespace) -> TrainFn:
-    """:func:`efficientdet.short_train.short_train` on ``args.data`` (or the demo data, written
-    once to ``args.out / "demo_data"``) with the batch and overrides of ``args``."""
-    from .short_train import demo_data, short_train
-
-    data = args.data
-    if data is None:
-        sizes = {"num_train": args.demo_train, "num_val": args.demo_val}
-        data = demo_data(args.out / "demo_data", **{k: v for k, v in sizes.items() if v is not None})
-    return functools.partial(
-        short_train, data=data, batch_size=args.train_batch, overrides=args.train_set
-    )
-
-
-def cmd_ablate(args: argparse.Namespace) -> int:
-    """Run :func:`run_ablation` from parsed ``efficientdet ablate`` arguments."""
-    command = " ".join(
-        ["efficientdet ablate", "--necks", *args.necks, "--fusions", *args.fusions]
-        + _training_options(args)
-        + ["--out", str(args.out), "--runs", str(args.runs)]
-        + (["--no-latency"] if args.no_latency else [])
-    )
-    run_ablation(
-        args.necks,
-        out_dir=args.out,
-        train_steps=args.train_steps,
-        cost_settings=DEFAULT_COST_SETTINGS,
-        latency_setting=None if args.no_latency else DEFAULT_LATENCY_SETTING,
-        latency_runs=args.runs,
-        fusions=args.fusions,
-        train_fn=short_train_fn(args) if args.train_steps > 0 else None,
-        train_setting=DEFAULT_TRAIN_SETTING,
-        command=command,
-    )
-    return 0
-
-
 __all__ = [
     "ABLATION_NECKS",
     "B3_SETTING",
@@ -673,13 +586,10 @@ __all__ = [
     "PaperRow",
     "TrainFn",
     "ablation_config",
-    "add_ablate_arguments",
-    "cmd_ablate",
     "measure_cost",
     "measure_latencies",
     "neck_inputs",
     "paper_row",
     "run_ablation",
-    "short_train_fn",
 ]
 

@@ -245,7 +245,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 @command("ablate")
 def _cmd_ablate(args: argparse.Namespace) -> int:
-    from .ablation import cmd_ablate
+    from .ablation_cli import cmd_ablate
 
     return cmd_ablate(args)
 
@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--phi", type=float, action="append", help="a compound-scaled model (repeatable)")
     p.add_argument("--neck", help="neck for --phi models")
 
-    from .ablation import add_ablate_arguments
+    from .ablation_cli import add_ablate_arguments
     from .export import add_export_arguments
     from .scaling import add_create_arguments
     from .scaling_study import add_scaling_study_arguments

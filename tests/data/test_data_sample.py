@@ -120,3 +120,36 @@ def test_detection_data_subset_and_mapping(tmp_path) -> None:
     assert [s.image_id for s in data.subset([2, 0])] == [12, 10]
     with pytest.raises(ValueError, match="unique"):
         DetectionData(samples, ["a", "b"], [3, 3], "coco", tmp_path)
+
+
+def test_exif_rotated_images_are_read_upright(tmp_path) -> None:
+    """A phone photo stored 40x20 (w x h) with EXIF orientation 6 (rotate 90 degrees
+    clockwise) is 20x40 upright; sizes, pixels, YOLO boxes and the data check all use that."""
+    from PIL import Image
+
+    from efficientdet.data.check import check_dataset
+    from efficientdet.data.yolo import load_yolo
+
+    stored = Image.new("RGB", (40, 20), (0, 0, 0))
+    stored.paste((255, 0, 0), (0, 0, 10, 20))  # left quarter red: upright, the top quarter
+    exif = stored.getexif()
+    exif[0x0112] = 6
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    path = tmp_path / "images" / "phone.jpg"
+    stored.save(path, exif=exif.tobytes(), quality=95)
+    assert read_image_size(path) == (40, 20)
+    sample = DetectionSample(path, 1, (40, 20), [], [])
+    upright = sample.load_image()
+    assert upright.size == (20, 40)
+    top, bottom = upright.getpixel((10, 3)), upright.getpixel((10, 36))
+    assert top[0] > 200 > top[1] and bottom[0] < 50
+
+    # A box over the upper half of the upright image, normalised to its 20x40 size.
+    (tmp_path / "labels" / "phone.txt").write_text("0 0.5 0.25 1.0 0.5\n")
+    (tmp_path / "classes.txt").write_text("thing\n")
+    data = load_yolo(tmp_path)
+    assert data.samples[0].size == (40, 20)
+    assert data.samples[0].boxes.tolist() == [[0.0, 0.0, 20.0, 20.0]]
+    report = check_dataset(data)
+    assert report.issues.count("size_mismatch") == 0

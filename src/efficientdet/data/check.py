@@ -36,6 +36,7 @@ from .sample import (
     DataError,
     DetectionData,
     IssueLog,
+    upright_size,
 )
 from .transforms import as_size
 
@@ -96,7 +97,7 @@ def _check_images(data: DetectionData, issues: IssueLog, decode: bool) -> list[i
         ctx = f"{sample.image_path} (image {sample.image_id})"
         try:
             with Image.open(sample.image_path) as img:
-                width, height = img.size
+                height, width = upright_size(img)
                 if decode:
                     img.load()
         except FileNotFoundError:
@@ -111,7 +112,7 @@ def _check_images(data: DetectionData, issues: IssueLog, decode: bool) -> list[i
             issues.add(
                 "size_mismatch",
                 f"{ctx}: annotated as {sample.size[1]}x{sample.size[0]} (w x h), "
-                f"file is {width}x{height}",
+                f"file is {width}x{height} (upright, EXIF orientation applied)",
             )
     return bad
 

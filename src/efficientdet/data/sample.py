@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor
 
 # Severities. Fatal: the data cannot be trusted or cannot train at all. Warning: the reader
@@ -209,7 +209,9 @@ class DetectionSample:
         return int(self.boxes.shape[0])
 
     def load_image(self) -> Image.Image:
-        """Decode the image as RGB (grey, palette and alpha images are converted).
+        """Decode the image as RGB (grey, palette and alpha images are converted), upright:
+        with its EXIF orientation applied, the view that browsers and annotation tools show
+        and that the boxes are taken to refer to (as in prediction).
 
         Raises:
             DataError: naming the file when it is missing, cannot be decoded (truncated,
@@ -217,7 +219,8 @@ class DetectionSample:
         """
         try:
             with Image.open(self.image_path) as img:
-                return img.convert("RGB")
+                upright = ImageOps.exif_transpose(img)
+                return (upright if upright is not None else img).convert("RGB")
         except IMAGE_ERRORS as err:
             raise DataError(f"{self.image_path}: cannot read image: {err}") from err
 
@@ -285,8 +288,23 @@ class DetectionData:
         return self.subset(i for i, s in enumerate(self.samples) if s.image_id not in drop)
 
 
+# EXIF orientations that turn the image by 90 degrees (transposed, rotated 90 / 270, transverse).
+_SIDEWAYS_ORIENTATIONS = (5, 6, 7, 8)
+_EXIF_ORIENTATION = 0x0112
+
+
+def upright_size(img: Image.Image) -> tuple[int, int]:
+    """``(height, width)`` of an opened image once its EXIF orientation is applied (the
+    header's size with the sides swapped for the four sideways orientations)."""
+    width, height = img.size
+    if img.getexif().get(_EXIF_ORIENTATION) in _SIDEWAYS_ORIENTATIONS:
+        width, height = height, width
+    return height, width
+
+
 def read_image_size(path: Path) -> tuple[int, int]:
-    """``(height, width)`` from the image header, without decoding the pixels.
+    """``(height, width)`` of the upright image (EXIF orientation applied, as
+    :meth:`DetectionSample.load_image` gives it), from the header, without decoding pixels.
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -294,12 +312,11 @@ def read_image_size(path: Path) -> tuple[int, int]:
     """
     try:
         with Image.open(path) as img:
-            width, height = img.size
+            return upright_size(img)
     except FileNotFoundError:
         raise
     except IMAGE_ERRORS as err:
         raise DataError(f"{path}: cannot read image header: {err}") from err
-    return height, width
 
 
 def is_finite_number(value: object) -> bool:
