@@ -290,9 +290,14 @@ def _select_top_k_anchor_major(
         rows, cols = (level == i).nonzero(as_tuple=True)
         candidates[rows, cols] = view[rows, top.indices[rows, cols] - start]
         start += view.shape[1]
-    top_logits, index = candidates.reshape(batch, -1).topk(
-        min(k, candidates[0].numel()), dim=1, sorted=False
-    )
+    flat = candidates.reshape(batch, -1)
+    # The top k of the Ka * C candidates all reach the lowest top-anchor logit (see above):
+    # keeping only those first makes the final top-k small (5000 of ~5000 instead of 450k).
+    picked = _select_above(flat, top.values, k) if k < flat.shape[1] else None
+    if picked is None:
+        top_logits, index = flat.topk(min(k, flat.shape[1]), dim=1, sorted=False)
+    else:
+        top_logits, index = picked
     anchor_index = top.indices.gather(1, index // num_classes)
     return top_logits.float().sigmoid(), anchor_index, index % num_classes
 

@@ -239,6 +239,25 @@ def test_dataset_substitute_policy_in_loader_workers(image_corpus) -> None:
     assert all(names[image_id - 1] in image_corpus.good for image_id in ids)
 
 
+def test_unreadable_files_found_in_workers_reach_the_main_process(image_corpus, caplog) -> None:
+    """Workers log an unreadable file and substitute; the main process learns of it from the
+    batch's targets, so the next epoch's workers (copies of its dataset) know it already."""
+    names = sorted(image_corpus.good)[:3] + sorted(image_corpus.bad)[:2]
+    dataset = DetectionDataset(_samples(image_corpus, names), EvalTransform(32), on_unreadable="substitute")
+    bad = {i for i, name in enumerate(names) if name in image_corpus.bad}
+    for _epoch in range(2):
+        loader = build_dataloader(dataset, batch_size=5, shuffle=False, num_workers=1, seed=0, device="cpu")
+        for _, targets in loader:
+            replaced = {t["replaced"][0] for t in targets if "replaced" in t}
+            assert replaced == bad
+            dataset.note_replaced(targets)
+        assert set(dataset.unreadable) == bad  # learnt in the main process
+    # In the main process a known file is substituted without a new warning.
+    with caplog.at_level(logging.WARNING):
+        dataset[min(bad)]
+    assert not [r for r in caplog.records if "next readable image" in r.getMessage()]
+
+
 def test_dataset_substitute_policy_with_nothing_readable_raises(image_corpus) -> None:
     names = sorted(image_corpus.bad)
     dataset = DetectionDataset(_samples(image_corpus, names), EvalTransform(64), on_unreadable="substitute")

@@ -64,7 +64,10 @@ class DetectionDataset(Dataset):
             on with full batches). ``"blank"``: the item is a black 1x1 image through the
             transform, with the sample's boxes, ``image_id`` and ``original_size``, and the
             target gets one more key, ``"unreadable"``, the message. Except with ``"raise"``,
-            each unreadable file is logged once (per process: loader workers log their own).
+            each unreadable file is logged once per process that meets it. A substituted
+            item's target carries ``"replaced": (index, message)``; giving a batch's targets
+            to :meth:`note_replaced` in the main process tells the loader workers of later
+            epochs (forked from it), so each file is logged once per run.
 
     Attributes:
         unreadable: sample index -> message, for the images found unreadable so far in this
@@ -99,7 +102,7 @@ class DetectionDataset(Dataset):
             generator: torch.Generator | None = item_generator(epoch_seed, index)
         else:
             index, generator = key, None
-        problem = None
+        problem, replaced = None, None
         try:
             image = self._read(index)
         except DataError as err:
@@ -108,6 +111,7 @@ class DetectionDataset(Dataset):
             if self.on_unreadable == "blank":
                 image, problem = Image.new("RGB", (1, 1)), str(err)
             else:
+                replaced = (index, str(err))
                 index, image = self._next_readable(index)
         sample = self.samples[index]
         out = self.transform(image, sample.boxes, sample.labels, generator)
@@ -120,7 +124,17 @@ class DetectionDataset(Dataset):
         }
         if problem is not None:
             target["unreadable"] = problem
+        if replaced is not None:
+            target["replaced"] = replaced
         return out.image, target
+
+    def note_replaced(self, targets: Sequence[Target]) -> None:
+        """Record the unreadable files that a batch's substituted items report (see
+        ``on_unreadable``), so that worker processes started later know them."""
+        for target in targets:
+            if "replaced" in target:
+                index, message = target["replaced"]
+                self.unreadable.setdefault(int(index), message)
 
     def _read(self, index: int) -> Image.Image:
         """The image of sample ``index``; a failure is recorded (and logged once) and re-raised."""

@@ -210,6 +210,7 @@ class Trainer:
         self._setup_data()
         self._setup_model()
         self._setup_optimizer()
+        self._train_dataset: DetectionDataset | None = None  # made by the first _loader
         self.feature_cache: FeatureCache | None = self._setup_feature_cache()
         self.step = 0
         self.best_ap = -1.0
@@ -464,18 +465,22 @@ class Trainer:
     def _loader(self, epoch: int, start_step: int) -> DataLoader:
         cfg = self.config
         model_cfg = self.model.config
-        transform = build_transform(
-            model_cfg.image_size, train=True, augment=cfg.data.augment, mean=model_cfg.mean,
-            std=model_cfg.std, hflip_prob=cfg.data.hflip_prob,
-            scale_range=(cfg.data.scale_min, cfg.data.scale_max),
-        )
+        if self._train_dataset is None:
+            # One dataset for the whole run: what it learns about unreadable files outlives
+            # each epoch's loader workers (see DetectionDataset.note_replaced).
+            transform = build_transform(
+                model_cfg.image_size, train=True, augment=cfg.data.augment, mean=model_cfg.mean,
+                std=model_cfg.std, hflip_prob=cfg.data.hflip_prob,
+                scale_range=(cfg.data.scale_min, cfg.data.scale_max),
+            )
+            self._train_dataset = DetectionDataset(self.train_data, transform, on_unreadable="substitute")
         sampler = EpochSampler(
             len(self.train_data), seed=cfg.run.seed, epoch=epoch, batch_size=cfg.run.batch_size,
             start_step=start_step, rank=self.dist.rank, world_size=self.dist.world_size,
         )
         workers = cfg.data.num_workers
         return DataLoader(
-            DetectionDataset(self.train_data, transform, on_unreadable="substitute"),
+            self._train_dataset,
             batch_size=cfg.run.batch_size,
             sampler=sampler,
             num_workers=workers,
@@ -538,6 +543,8 @@ class Trainer:
                     t0 = time.perf_counter()
                     if not self.budget_fixed and self.step == self._fit_start_step + 1:
                         self._budget_mark = (t0, self.step, self._overhead)  # step 1 is warm-up
+                    if self._train_dataset is not None and self.feature_cache is None:
+                        self._train_dataset.note_replaced(targets)
                     row = self._train_step(images, targets, scaler)
                     losses.append(row["loss"])
                     self.step += 1
