@@ -16,13 +16,15 @@ _allocator = "system"
 
 
 def setup(threads: int = 2) -> None:
-    """Thread count, offline hub, and the allocator the ``efficientdet`` command uses: glibc
-    tuned to keep large blocks (``EFFICIENTDET_CPU_ALLOCATOR=system`` runs with the system's
-    settings). The setting is process-wide, so effdet runs with the same one."""
+    """Thread count, offline hub, and the allocator: the system's by default, the same for
+    effdet and this project; ``EFFICIENTDET_CPU_ALLOCATOR=tuned`` gives both the setting the
+    ``efficientdet`` command uses (:func:`efficientdet.tune_cpu_allocator`; it is
+    process-wide, so effdet runs with it too)."""
     global _allocator
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(threads)
-    _allocator = "tuned" if tune_cpu_allocator() else "system"
+    wanted = os.environ.get("EFFICIENTDET_CPU_ALLOCATOR", "system")
+    _allocator = "tuned" if wanted != "system" and tune_cpu_allocator() else "system"
 
 
 def median_ms(fn: Callable[[], object], repeats: int = 10, warmup: int = 3) -> float:
