@@ -140,7 +140,7 @@ class MaxPoolDown(nn.Module):
         h, w = x.shape[-2:]
         pad_h = max((-(-h // s) - 1) * s + k - h, 0)
         pad_w = max((-(-w // s) - 1) * s + k - w, 0)
-        if pad_h % 2 == pad_w % 2:
+        if s > 1 and pad_h % 2 == pad_w % 2:
             # Pooling's own -inf padding on both sides, plus ceil_mode's partial last window
             # for the odd extra cell on the bottom/right: TF's windows without a padded copy.
             return F.max_pool2d(x, k, s, padding=(pad_h // 2, pad_w // 2), ceil_mode=True)

@@ -16,7 +16,6 @@ Setting ``EFFICIENTDET_CPU_ALLOCATOR=system`` turns it off.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 import sys
@@ -69,7 +68,7 @@ def tune_cpu_allocator() -> bool:
 def _glibc() -> ctypes.CDLL | None:
     """The process's C library when it is glibc (it has ``gnu_get_libc_version``)."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL(None)  # the C library this process has loaded
     except OSError:
         return None
     if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "mallopt"):

@@ -153,3 +153,25 @@ def test_exif_rotated_images_are_read_upright(tmp_path) -> None:
     assert data.samples[0].boxes.tolist() == [[0.0, 0.0, 20.0, 20.0]]
     report = check_dataset(data)
     assert report.issues.count("size_mismatch") == 0
+
+
+def test_png_orientation_is_read_from_its_header_and_bad_exif_is_a_data_error(
+    tmp_path, monkeypatch
+) -> None:
+    from PIL import Image, ImageOps
+
+    stored = Image.new("RGB", (40, 20))
+    exif = stored.getexif()
+    exif[0x0112] = 8
+    path = tmp_path / "turned.png"
+    stored.save(path, exif=exif.tobytes())
+    assert read_image_size(path) == (40, 20)
+    sample = DetectionSample(path, 1, (40, 20), [], [])
+    assert sample.load_image().size == (20, 40)
+
+    def broken(image):  # what Pillow has raised on malformed EXIF tags
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(ImageOps, "exif_transpose", broken)
+    with pytest.raises(DataError, match="turned.png: cannot read image: unreadable EXIF"):
+        sample.load_image()

@@ -73,6 +73,9 @@ IMAGE_ERRORS = (
     zlib.error,
     Image.DecompressionBombError,
 )
+# Pillow's EXIF parsing has raised these on malformed tags besides IMAGE_ERRORS (KeyError,
+# TypeError and ZeroDivisionError in Pillow 8-11).
+EXIF_ERRORS = (*IMAGE_ERRORS, KeyError, TypeError, ZeroDivisionError)
 
 
 class DataError(ValueError):
@@ -219,7 +222,12 @@ class DetectionSample:
         """
         try:
             with Image.open(self.image_path) as img:
-                upright = ImageOps.exif_transpose(img)
+                try:
+                    upright = ImageOps.exif_transpose(img)
+                except EXIF_ERRORS as err:
+                    raise DataError(
+                        f"{self.image_path}: cannot read image: unreadable EXIF orientation ({err!r})"
+                    ) from err
                 return (upright if upright is not None else img).convert("RGB")
         except IMAGE_ERRORS as err:
             raise DataError(f"{self.image_path}: cannot read image: {err}") from err
@@ -293,11 +301,29 @@ _SIDEWAYS_ORIENTATIONS = (5, 6, 7, 8)
 _EXIF_ORIENTATION = 0x0112
 
 
+def _exif_orientation(img: Image.Image) -> object:
+    """The EXIF orientation tag of an opened image, read from its header only; None when
+    absent or unreadable (the pixel read then reports the broken EXIF)."""
+    try:
+        if img.format == "PNG":
+            # Pillow's getexif() on a PNG decodes every pixel to look for an eXIf chunk after
+            # the image data; only one before it (the usual place) is read here.
+            raw = img.info.get("exif")
+            if not raw:
+                return None
+            exif = Image.Exif()
+            exif.load(raw)
+            return exif.get(_EXIF_ORIENTATION)
+        return img.getexif().get(_EXIF_ORIENTATION)
+    except EXIF_ERRORS:
+        return None
+
+
 def upright_size(img: Image.Image) -> tuple[int, int]:
     """``(height, width)`` of an opened image once its EXIF orientation is applied (the
     header's size with the sides swapped for the four sideways orientations)."""
     width, height = img.size
-    if img.getexif().get(_EXIF_ORIENTATION) in _SIDEWAYS_ORIENTATIONS:
+    if _exif_orientation(img) in _SIDEWAYS_ORIENTATIONS:
         width, height = height, width
     return height, width
 

@@ -226,7 +226,10 @@ class Fusion(nn.Module):
             weights = weights[:, None, :, None, None]  # [n, 1, C, 1, 1] against [B, C, H, W]
         out = inputs[0] * weights[0]
         for i in range(1, len(inputs)):
-            out.addcmul_(inputs[i], weights[i])  # in place on a fresh tensor: one pass, no temp
+            if inputs[i].dtype == out.dtype:
+                out.addcmul_(inputs[i], weights[i])  # in place on a fresh tensor: one pass
+            else:  # a wider input widens the sum, as out-of-place arithmetic does
+                out = out + inputs[i] * weights[i]
         return out
 
 
