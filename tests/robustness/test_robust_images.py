@@ -248,11 +248,19 @@ def test_unreadable_files_found_in_workers_reach_the_main_process(image_corpus, 
     for _epoch in range(2):
         loader = build_dataloader(dataset, batch_size=5, shuffle=False, num_workers=1, seed=0, device="cpu")
         for _, targets in loader:
-            replaced = {t["replaced"][0] for t in targets if "replaced" in t}
+            replaced = {index for t in targets for index, _ in t.get("replaced", ())}
             assert replaced == bad
             dataset.note_replaced(targets)
         assert set(dataset.unreadable) == bad  # learnt in the main process
+    # Two unreadable files in a row: the item that meets both reports both.
+    run = DetectionDataset(
+        _samples(image_corpus, [names[3], names[4], names[0]]), EvalTransform(32),
+        on_unreadable="substitute",
+    )
+    _, target = run[0]
+    assert [index for index, _ in target["replaced"]] == [0, 1]
     # In the main process a known file is substituted without a new warning.
+    caplog.clear()
     with caplog.at_level(logging.WARNING):
         dataset[min(bad)]
     assert not [r for r in caplog.records if "next readable image" in r.getMessage()]

@@ -65,7 +65,8 @@ class DetectionDataset(Dataset):
             transform, with the sample's boxes, ``image_id`` and ``original_size``, and the
             target gets one more key, ``"unreadable"``, the message. Except with ``"raise"``,
             each unreadable file is logged once per process that meets it. A substituted
-            item's target carries ``"replaced": (index, message)``; giving a batch's targets
+            item's target carries ``"replaced"``: ``[(index, message), ...]``, its own file
+            and any other found unreadable while looking for the next one; giving a batch's targets
             to :meth:`note_replaced` in the main process tells the loader workers of later
             epochs (forked from it), so each file is logged once per run.
 
@@ -103,6 +104,7 @@ class DetectionDataset(Dataset):
         else:
             index, generator = key, None
         problem, replaced = None, None
+        known = len(self.unreadable)
         try:
             image = self._read(index)
         except DataError as err:
@@ -111,8 +113,10 @@ class DetectionDataset(Dataset):
             if self.on_unreadable == "blank":
                 image, problem = Image.new("RGB", (1, 1)), str(err)
             else:
-                replaced = (index, str(err))
+                first_bad = (index, str(err))
                 index, image = self._next_readable(index)
+                # Every file this item found unreadable: new entries come last in the dict.
+                replaced = list(self.unreadable.items())[known:] or [first_bad]
         sample = self.samples[index]
         out = self.transform(image, sample.boxes, sample.labels, generator)
         target: Target = {
@@ -132,8 +136,7 @@ class DetectionDataset(Dataset):
         """Record the unreadable files that a batch's substituted items report (see
         ``on_unreadable``), so that worker processes started later know them."""
         for target in targets:
-            if "replaced" in target:
-                index, message = target["replaced"]
+            for index, message in target.get("replaced", ()):
                 self.unreadable.setdefault(int(index), message)
 
     def _read(self, index: int) -> Image.Image:
