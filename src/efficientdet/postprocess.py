@@ -218,19 +218,17 @@ def select_top_k(
         anchor order of :func:`efficientdet.anchors.generate_anchors`, and ``labels``
         ``Tensor[B, k]`` (int64, ``0..C-1``); in no particular order.
     """
-    nhwc = not traceable and all(
-        out.dim() == 4 and out.is_contiguous(memory_format=torch.channels_last)
-        for out in class_outputs
-    )
-    if nhwc:
-        return _select_top_k_anchor_major(class_outputs, num_classes, k)
-    levels = []
     for i, out in enumerate(class_outputs):
         if out.dim() != 4 or out.shape[1] % num_classes:
             raise ValueError(
                 f"class output of level index {i} has shape {tuple(out.shape)}; expected "
                 f"[B, A * {num_classes}, H, W]"
             )
+    nhwc = all(out.is_contiguous(memory_format=torch.channels_last) for out in class_outputs)
+    if nhwc and not traceable:
+        return _select_top_k_anchor_major(class_outputs, num_classes, k)
+    levels = []
+    for out in class_outputs:
         batch, channels, height, width = out.shape
         levels.append(out.reshape(batch, channels // num_classes, num_classes, height * width))
     # Best class logit per anchor, in anchor order (location-major, anchor-minor).
@@ -271,14 +269,7 @@ def _select_top_k_anchor_major(
     (channels-last): each level is read as a ``Tensor[B, H * W * A, C]`` view, nothing is
     copied, and the ``C`` logits of each top anchor are one contiguous row to gather (faster
     here than the threshold-and-compare stage, which scans every logit)."""
-    views = []
-    for i, out in enumerate(class_outputs):
-        if out.shape[1] % num_classes:
-            raise ValueError(
-                f"class output of level index {i} has shape {tuple(out.shape)}; expected "
-                f"[B, A * {num_classes}, H, W]"
-            )
-        views.append(out.permute(0, 2, 3, 1).reshape(out.shape[0], -1, num_classes))
+    views = [out.permute(0, 2, 3, 1).reshape(out.shape[0], -1, num_classes) for out in class_outputs]
     anchor_max = torch.cat([v.amax(dim=2) for v in views], dim=1)  # [B, N]
     batch, num_anchors = anchor_max.shape
     top = anchor_max.topk(min(k, num_anchors), dim=1, sorted=False)  # [B, Ka]

@@ -543,7 +543,7 @@ class Trainer:
                     t0 = time.perf_counter()
                     if not self.budget_fixed and self.step == self._fit_start_step + 1:
                         self._budget_mark = (t0, self.step, self._overhead)  # step 1 is warm-up
-                    if self._train_dataset is not None and self.feature_cache is None:
+                    if self._train_dataset is not None:  # None on cached features
                         self._train_dataset.note_replaced(targets)
                     row = self._train_step(images, targets, scaler)
                     losses.append(row["loss"])
