@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from efficientdet.preprocess import (
     ImageReadError,
@@ -98,6 +98,17 @@ def test_load_image_applies_exif_orientation(tmp_path):
     top, bottom = out.getpixel((10, 5)), out.getpixel((10, 35))
     assert top[0] > 200 and top[2] < 60
     assert bottom[2] > 200 and bottom[0] < 60
+
+
+def test_load_image_names_the_file_on_malformed_exif(tmp_path, monkeypatch):
+    path = _saved(tmp_path, Image.new("RGB", (4, 4), RED), "odd_exif.jpg")
+
+    def broken(image):  # what Pillow 11.0 raised on a malformed rational tag
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(ImageOps, "exif_transpose", broken)
+    with pytest.raises(ImageReadError, match="odd_exif.jpg: unreadable EXIF orientation"):
+        load_image(path)
 
 
 def test_load_image_one_pixel(tmp_path):

@@ -53,6 +53,9 @@ ImageSource = str | Path | Image.Image | np.ndarray | torch.Tensor
 # truncated", "broken data stream"): the PNG and TIFF plugins raise SyntaxError, some
 # header parsers struct.error, IndexError or EOFError, the zlib-backed ones zlib.error.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, zlib.error)
+# Reading EXIF tags has also raised these on malformed files (Pillow 8-11); the training
+# side's twin is efficientdet.data.sample (the data package does not import this module).
+_EXIF_ERRORS = (*_DECODE_ERRORS, KeyError, TypeError, ZeroDivisionError)
 
 _UINT16_MAX = 65535
 
@@ -170,7 +173,7 @@ def _upright_frame(im: Image.Image, name: str) -> Image.Image:
     """
     try:
         upright = ImageOps.exif_transpose(im)
-    except _DECODE_ERRORS as e:
+    except _EXIF_ERRORS as e:
         raise ImageReadError(name, f"unreadable EXIF orientation ({e})") from e
     return upright if upright is not None else im
 
