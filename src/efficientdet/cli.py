@@ -67,7 +67,26 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_list(args: argparse.Namespace) -> int:
     from .registry import list_models
 
-    print("\n".join(list_models(args.pattern)))
+    if not args.pretrained:
+        print("\n".join(list_models(args.pattern)))
+        return 0
+    from .pretrained import PRETRAINED, base_url, cache_dir
+
+    names = [n for n in list_models(args.pattern) if n in PRETRAINED]
+
+    def ap(value: float | None) -> str:
+        return f"{value:.1f}" if value is not None else "-"
+
+    print(f"{'model':24s} {'size':>9s} {'AP effdet':>9s} {'AP TF':>6s}  cached")
+    for name in names:
+        row = PRETRAINED[name]
+        cached = "yes" if row.cache_path.is_file() else "no"
+        print(f"{name:24s} {row.size_mb:>6.1f} MB {ap(row.reference_ap):>9s} {ap(row.official_ap):>6s}  {cached}")
+    print(
+        "\nAP: COCO val2017 AP[.5:.95] (%) of these weights as published: 'AP effdet' by the "
+        "reference port\neffdet (hard NMS), 'AP TF' by the official TensorFlow release "
+        f"(soft-NMS); not measured here.\nweights from {base_url()}\ncache {cache_dir()}"
+    )
     return 0
 
 
@@ -136,25 +155,30 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     from .data import load_dataset
     from .detector import Detector
-    from .evaluate import evaluate_detector, format_metrics, write_eval_outputs
-    from .loading import load_trained
+    from .evaluate import evaluate_detector, format_metrics, match_label_space, write_eval_outputs
+    from .loading import load_model
 
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise NotADirectoryError(f"{args.out}: --out exists and is not a folder")
-    loaded = load_trained(args.weights, model_name=args.model, image_size=_size(args.image_size))
-    data = load_dataset(args.data, args.split, class_names=loaded.class_names)
-    if loaded.class_names is not None and data.class_names != loaded.class_names:
-        raise ValueError(f"{args.data}: classes {data.class_names} differ from the checkpoint's {loaded.class_names}")
-    if loaded.model.config.num_classes != data.num_classes:
-        raise ValueError(
-            f"{args.weights} predicts {loaded.model.config.num_classes} classes, {args.data} has {data.num_classes}"
-        )
+    loaded = load_model(
+        args.weights, model_name=args.model, pretrained=args.pretrained,
+        image_size=_size(args.image_size),
+    )
+    # COCO reads its own categories; a pretrained model's 90 names are no class table for VOC/YOLO.
+    data = load_dataset(
+        args.data, args.split, class_names=None if args.pretrained else loaded.class_names
+    )
+    label_to_category_id = match_label_space(
+        loaded.class_names, loaded.label_to_category_id, loaded.model.config.num_classes, data,
+        source=args.weights or f"{args.model} (pretrained)", data_source=args.data,
+    )
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     detector = Detector(loaded.model, nms=args.nms, max_detections=args.max_detections).to(device)
     cfg = loaded.model.config
     result, results = evaluate_detector(
         detector, data, image_size=cfg.image_size, mean=cfg.mean, std=cfg.std,
         batch_size=args.batch_size, device=device, progress=sys.stderr.isatty(),
+        label_to_category_id=label_to_category_id,
     )
     print(format_metrics(result))
     if args.out:
@@ -202,7 +226,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .predict import collect_sources, run_prediction
 
     predictor = build_predictor(
-        args.weights, backend=args.backend, model_name=args.model,
+        args.weights, backend=args.backend, model_name=args.model, pretrained=args.pretrained,
         image_size=_size(args.image_size), nms=args.nms, max_detections=args.max_detections,
         score_threshold=min(args.score_threshold, 0.001) if args.all_scores else args.score_threshold,
         device=args.device, optimize=args.optimize,
@@ -274,6 +298,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
 # ---- parser ------------------------------------------------------------------------------------
 
 
+_PRETRAINED_HELP = (
+    "use the published COCO weights of --model (downloaded once into $TORCH_HOME/hub/"
+    "checkpoints) instead of --weights"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -310,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="list registered model names")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'tf_*'")
+    p.add_argument("--pretrained", action="store_true",
+                   help="only models with published COCO weights: file size and reference AP")
 
     p = sub.add_parser("check-data", help="validate a dataset before a long run")
     p.add_argument("--data", required=True, help="COCO .json, VOC/YOLO folder or data.yaml")
@@ -332,8 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="detect objects in images, folders, globs and videos")
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="image files, folders, globs, videos")
-    p.add_argument("--weights", required=True, help="trained checkpoint (.safetensors) or effdet state dict")
+    p.add_argument("--weights", help="trained checkpoint (.safetensors), effdet state dict or .onnx export")
     p.add_argument("--model", help="architecture, when the weights file does not record it")
+    p.add_argument("--pretrained", action="store_true", help=_PRETRAINED_HELP)
     p.add_argument("--classes", help="text file with one class name per line")
     p.add_argument("--out", required=True, help="output folder (pictures and predictions.json)")
     p.add_argument("--score-threshold", type=float, default=0.3, help="draw and keep detections above this")
@@ -356,10 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="recipe override")
 
     p = sub.add_parser("eval", help="COCO metrics of trained weights on a dataset")
-    p.add_argument("--weights", required=True)
+    p.add_argument("--weights", help="trained checkpoint (.safetensors) or effdet state dict")
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="val")
     p.add_argument("--model", help="architecture, when the weights file does not record it")
+    p.add_argument("--pretrained", action="store_true", help=_PRETRAINED_HELP)
     p.add_argument("--out", help="folder for metrics.json, per_class_ap.png, detections.json")
     p.add_argument("--image-size", type=_positive_int, nargs="+", metavar="SIDE")
     p.add_argument("--batch-size", type=int, default=8)

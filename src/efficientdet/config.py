@@ -19,6 +19,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # EfficientNet-Lite was trained on inputs normalised as (x - 127) / 128 in 0..255 pixels.
 LITE_MEAN = (127.0 / 255.0,) * 3
 LITE_STD = (128.0 / 255.0,) * 3
+# The AdvProp-trained detectors (tf_efficientdet_d*_ap) take pixels scaled to [-1, 1].
+ADVPROP_MEAN = (0.5,) * 3
+ADVPROP_STD = (0.5,) * 3
 
 # The official weights were trained with aspect ratios as (w, h) multipliers.
 DEFAULT_ASPECT_RATIOS: tuple[tuple[float, float], ...] = ((1.0, 1.0), (1.4, 0.7), (0.7, 1.4))

@@ -70,6 +70,8 @@ class Detector(nn.Module):
             (default) does so for CPU inference (evaluation mode), where oneDNN's convolutions
             then skip a layout conversion per layer: 0.6-0.75x the NCHW time for D0 at 512 on
             a 2-core CPU, same outputs within float tolerance. Weights may stay NCHW.
+        class_names: the name of each label ``0..C-1``, kept as ``detector.class_names`` for
+            the caller (``efficientdet.pretrained_detector`` sets COCO's); not used inside.
     """
 
     def __init__(
@@ -84,6 +86,7 @@ class Detector(nn.Module):
         soft_nms_sigma: float = 0.5,
         loss_config: LossConfig | None = None,
         channels_last: bool | None = None,
+        class_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         config = getattr(model, "config", None)
@@ -105,6 +108,11 @@ class Detector(nn.Module):
         self.matcher = self.loss_config.matcher()
         self.anchors = Anchors(config.min_level, config.max_level, config.anchors)
         self.channels_last = channels_last
+        if class_names is not None and len(class_names) != config.num_classes:
+            raise ValueError(
+                f"{len(class_names)} class names for a model with {config.num_classes} classes"
+            )
+        self.class_names = list(class_names) if class_names is not None else None
         # Data-parallel training sets this to a sum over processes (see compute_loss).
         self.positives_reducer: Callable[[Tensor], Tensor] | None = None
 

@@ -76,6 +76,59 @@ def detections_to_coco(
     return results
 
 
+def match_label_space(
+    class_names: Sequence[str] | None,
+    label_to_category_id: Sequence[int] | None,
+    num_classes: int,
+    data: DetectionData,
+    *,
+    source: str = "the model",
+    data_source: str = "the dataset",
+) -> list[int]:
+    """The category id of each model label ``0..C-1`` for evaluating on ``data``.
+
+    A model that records its category ids (this project's checkpoints, the pretrained COCO
+    models) is matched by id: every category of ``data`` must be one of the model's, with the
+    same name; the model may know more (COCO's 90 ids against val2017's 80). Otherwise the
+    model's labels are the dataset's, and the class counts (and names, when recorded) must
+    agree.
+
+    Raises:
+        ValueError: the two label spaces do not match; the message says how.
+    """
+    if label_to_category_id is not None:
+        if len(label_to_category_id) != num_classes:
+            raise ValueError(
+                f"{source}: {len(label_to_category_id)} category ids for {num_classes} classes"
+            )
+        names: Sequence[str | None] = class_names or [None] * num_classes
+        model_names = dict(zip(label_to_category_id, names, strict=True))
+        missing = [c for c in data.label_to_category_id if c not in model_names]
+        if missing:
+            raise ValueError(
+                f"{data_source}: category ids {missing[:10]} are not among the {num_classes} "
+                f"that {source} predicts"
+            )
+        renamed = [
+            f"{cid}: {name!r} vs {model_names[cid]!r}"
+            for cid, name in zip(data.label_to_category_id, data.class_names, strict=True)
+            if model_names[cid] is not None and model_names[cid] != name
+        ]
+        if renamed:
+            raise ValueError(
+                f"{data_source}: category names differ from those of {source} "
+                f"({', '.join(renamed[:5])})"
+            )
+        return list(label_to_category_id)
+    if class_names is not None and list(data.class_names) != list(class_names):
+        raise ValueError(
+            f"{data_source}: classes {data.class_names} differ from the checkpoint's {list(class_names)}"
+        )
+    if num_classes != data.num_classes:
+        raise ValueError(f"{source} predicts {num_classes} classes, {data_source} has {data.num_classes}")
+    return list(data.label_to_category_id)
+
+
 def coco_evaluate(
     ground_truth: dict[str, Any], results: list[dict[str, Any]], *, verbose: bool = False
 ) -> EvalResult:
@@ -174,19 +227,26 @@ def evaluate_detector(
     num_workers: int = 0,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    label_to_category_id: Sequence[int] | None = None,
 ) -> tuple[EvalResult, list[dict[str, Any]]]:
     """COCO metrics of ``detector`` on ``data``; also returns the COCO results entries.
 
-    Images that cannot be read are logged, left out of the ground truth and listed in
-    ``EvalResult.unreadable``; the others are evaluated.
+    ``label_to_category_id`` maps the detector's labels to category ids when they are not
+    the dataset's own labels (see :func:`match_label_space`); detections of categories that
+    ``data`` does not have are left out. Images that cannot be read are logged, left out of
+    the ground truth and listed in ``EvalResult.unreadable``; the others are evaluated.
     """
     detections = predict_dataset(
         detector, data, image_size=image_size, mean=mean, std=std, batch_size=batch_size,
         num_workers=num_workers, device=device, progress=progress,
     )
     results = detections_to_coco(
-        [s.image_id for s in data.samples], detections, data.label_to_category_id
+        [s.image_id for s in data.samples], detections,
+        data.label_to_category_id if label_to_category_id is None else label_to_category_id,
     )
+    if label_to_category_id is not None:
+        known = set(data.label_to_category_id)
+        results = [r for r in results if r["category_id"] in known]
     unreadable = {
         s.image_id: det["unreadable"]
         for s, det in zip(data.samples, detections, strict=True)

@@ -357,8 +357,10 @@ def _parse_batch(text: str) -> BatchSpec:
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``efficientdet export`` options to ``parser`` (a subcommand's parser)."""
-    parser.add_argument("--weights", required=True, help="trained checkpoint (.safetensors) or effdet state dict")
+    parser.add_argument("--weights", help="trained checkpoint (.safetensors) or effdet state dict")
     parser.add_argument("--model", help="architecture, when the weights file does not record it")
+    parser.add_argument("--pretrained", action="store_true",
+                        help="the published COCO weights of --model instead of --weights")
     parser.add_argument("--format", choices=["onnx"], default="onnx", help="export format")
     parser.add_argument("--out", required=True, help="file to write, e.g. model.onnx")
     parser.add_argument("--image-size", type=int, nargs="+", metavar="SIDE", help="H [W] of the network input")
@@ -379,14 +381,16 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Run ``efficientdet export`` with arguments from :func:`add_export_arguments`."""
-    from .loading import load_trained
+    from .loading import load_model
 
     size = None
     if args.image_size:
         if len(args.image_size) > 2:
             raise ValueError(f"--image-size takes H [W], got {args.image_size}")
         size = (args.image_size[0], args.image_size[-1])
-    loaded = load_trained(args.weights, model_name=args.model, image_size=size)
+    loaded = load_model(
+        args.weights, model_name=args.model, pretrained=args.pretrained, image_size=size
+    )
     metadata = export_onnx(
         loaded.model,
         args.out,

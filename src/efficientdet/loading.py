@@ -1,5 +1,6 @@
-"""Build a ready network from a weights file: the architecture comes from the file's header
-(this project's checkpoints) or from a model name (other state dicts)."""
+"""Build a ready network from a weights file (the architecture comes from the file's header,
+this project's checkpoints, or from a model name, other state dicts) or from the model zoo's
+published COCO weights."""
 
 from __future__ import annotations
 
@@ -14,16 +15,75 @@ from .checkpoint import (
     load_state_dict_checked,
     read_checkpoint,
 )
+from .detector import Detector
 from .model import EfficientDet
 from .registry import get_config
 
 
 @dataclass
 class LoadedModel:
+    """A network in evaluation mode with what its weights say about their labels."""
+
     model: EfficientDet
     class_names: list[str] | None = None
     label_to_category_id: list[int] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def load_pretrained(
+    name: str, *, image_size: tuple[int, int] | None = None, progress: bool = True
+) -> LoadedModel:
+    """``name`` with its published COCO weights (downloaded once, then from the cache) and
+    COCO's label space: 90 class names and the category ids 1..90 they stand for.
+
+    Raises:
+        ValueError: ``name`` has no published weights.
+        WeightsDownloadError: the weights could not be fetched or verified (one line).
+    """
+    from .pretrained import coco_label_space, fetch_weights
+
+    path = fetch_weights(name, progress=progress)
+    loaded = load_trained(path, model_name=name, image_size=image_size)
+    names, ids = coco_label_space()
+    loaded.class_names, loaded.label_to_category_id = names, ids
+    loaded.metadata = {**loaded.metadata, "pretrained": name, "weights": str(path)}
+    return loaded
+
+
+def load_model(
+    weights: str | Path | None = None,
+    *,
+    model_name: str | None = None,
+    pretrained: bool = False,
+    image_size: tuple[int, int] | None = None,
+) -> LoadedModel:
+    """A weights file (:func:`load_trained`) or, with ``pretrained``, the published COCO
+    weights of ``model_name`` (:func:`load_pretrained`): what ``predict``, ``eval`` and
+    ``export`` load from ``--weights FILE`` or ``--model NAME --pretrained``."""
+    if pretrained:
+        if weights is not None:
+            raise ValueError("give a weights file or pretrained weights, not both")
+        if model_name is None:
+            raise ValueError(
+                "pretrained weights need a model name (--model NAME; see "
+                "`efficientdet list --pretrained`)"
+            )
+        return load_pretrained(model_name, image_size=image_size)
+    if weights is None:
+        raise ValueError("no weights: give --weights FILE, or --model NAME --pretrained")
+    return load_trained(weights, model_name=model_name, image_size=image_size)
+
+
+def pretrained_detector(name: str, **detector_options: Any) -> Detector:
+    """A ready COCO :class:`~efficientdet.detector.Detector` for ``name``:
+    ``pretrained_detector("tf_efficientdet_d0").predict("photo.jpg")`` gives boxes in the
+    photo's pixels, and ``detector.class_names[label]`` names each label ("person", ...).
+
+    ``detector_options`` go to :class:`~efficientdet.detector.Detector` (``score_threshold``,
+    ``nms``, ``max_detections``, ...).
+    """
+    loaded = load_pretrained(name)
+    return Detector(loaded.model, class_names=loaded.class_names, **detector_options).eval()
 
 
 def load_trained(

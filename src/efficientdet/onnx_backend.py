@@ -191,10 +191,11 @@ def resolve_backend(weights: str | Path, backend: str = "auto") -> str:
 
 
 def build_predictor(
-    weights: str | Path,
+    weights: str | Path | None,
     *,
     backend: str = "auto",
     model_name: str | None = None,
+    pretrained: bool = False,
     image_size: tuple[int, int] | None = None,
     score_threshold: float = 0.3,
     max_detections: int = 100,
@@ -206,10 +207,13 @@ def build_predictor(
     """A ``predict_fn(images: list[PIL.Image]) -> list[dict]`` for :func:`run_prediction`.
 
     Args:
-        weights: a checkpoint (PyTorch backend) or an exported ``.onnx`` file.
+        weights: a checkpoint (PyTorch backend) or an exported ``.onnx`` file; None with
+            ``pretrained``.
         backend: ``"pytorch"``, ``"onnxruntime"`` or ``"auto"`` (by the file's suffix).
         model_name: architecture for weights files that do not record it (PyTorch only; for
             ONNX it must match the file's).
+        pretrained: the published COCO weights of ``model_name`` (PyTorch backend), with
+            COCO's class names and category ids.
         image_size: network input ``(H, W)`` (PyTorch: any; ONNX: must be the exported one).
         score_threshold: detections scoring at or below this are dropped.
         max_detections: detections per image.
@@ -221,8 +225,13 @@ def build_predictor(
     Returns:
         A :class:`Predictor` ``(predict_fn, class_names, label_to_category_id, num_classes)``.
     """
-    kind = resolve_backend(weights, backend)
+    kind = "pytorch" if pretrained and backend == "auto" else resolve_backend(weights or "", backend)
     if kind == "onnxruntime":
+        if weights is None:
+            raise ValueError(
+                "the onnxruntime backend runs an exported .onnx file: export the pretrained "
+                "model first (`efficientdet export --model NAME --pretrained --out model.onnx`)"
+            )
         if nms != "hard":
             raise ValueError(
                 f"--nms {nms} needs the PyTorch backend: an ONNX export runs hard NMS in its graph"
@@ -243,9 +252,11 @@ def build_predictor(
         )
 
     from .detector import Detector
-    from .loading import load_trained
+    from .loading import load_model
 
-    loaded = load_trained(weights, model_name=model_name, image_size=image_size)
+    loaded = load_model(
+        weights, model_name=model_name, pretrained=pretrained, image_size=image_size
+    )
     torch_device = torch.device(
         device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     )

@@ -252,12 +252,27 @@ def _predict(
     return [_check_prediction(p, i) for i, p in enumerate(predictions)]
 
 
-class _Results:
-    """COCO results records: ``image_id`` sequential from 1, ``bbox`` as ``[x, y, w, h]``."""
+def numbered_sources(sources: Sequence[str | Path]) -> bool:
+    """Whether every source is an image whose file name is a number (COCO's
+    ``000000397133.jpg``): then that number is its ``image_id`` in ``predictions.json``."""
+    paths = [Path(s) for s in sources]
+    return bool(paths) and all(p.stem.isdigit() and not is_video(p) for p in paths)
 
-    def __init__(self, label_to_category_id: LabelMap | None) -> None:
+
+class _Results:
+    """COCO results records, ``bbox`` as ``[x, y, w, h]``; ``image_id`` sequential from 1, or
+    the number in each file name (``numbered``: COCO's own image ids)."""
+
+    def __init__(
+        self,
+        label_to_category_id: LabelMap | None,
+        class_names: ClassNames | None = None,
+        numbered: bool = False,
+    ) -> None:
         self.records: list[dict[str, Any]] = []
         self._label_map = label_to_category_id
+        self._names = class_names
+        self._numbered = numbered
         self._next_id = 1
 
     def _category(self, label: int) -> int:
@@ -281,7 +296,7 @@ class _Results:
         frame: int | None = None,
     ) -> int:
         """Record one image's detections (``boxes [K,4]`` xyxy); returns its image id."""
-        image_id = self._next_id
+        image_id = int(Path(file_name).stem) if self._numbered else self._next_id
         self._next_id += 1
         for (x1, y1, x2, y2), score, label in zip(
             boxes.tolist(), scores.tolist(), labels.tolist(), strict=True
@@ -293,6 +308,8 @@ class _Results:
                 "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
                 "score": round(float(score), 5),
             }
+            if self._names is not None:
+                record["category"] = self._names[int(label)]
             if frame is not None:
                 record["frame"] = frame
             self.records.append(record)
@@ -570,10 +587,13 @@ def run_prediction(
 
     Returns:
         A :class:`PredictionReport`. JSON records are
-        ``{"image_id", "file_name", "category_id", "bbox": [x, y, w, h], "score"}`` with
-        ``file_name`` the source path as given and, for videos, ``"frame"`` (0-based) and
-        one ``image_id`` per frame. ``image_id`` counts read images and frames from 1 in
-        input order.
+        ``{"image_id", "file_name", "category_id", "category", "bbox": [x, y, w, h],
+        "score"}`` with ``file_name`` the source path as given, ``category`` the class name
+        (when ``class_names`` is given) and, for videos, ``"frame"`` (0-based) and one
+        ``image_id`` per frame. ``image_id`` counts read images and frames from 1 in input
+        order, except when every source is an image named by a number (COCO's
+        ``000000397133.jpg``): then it is that number, so the file goes straight into
+        pycocotools against the dataset's annotations.
 
     Raises:
         ValueError: ``predict_fn`` returned something malformed, or a label has no category
@@ -593,7 +613,7 @@ def run_prediction(
         score_threshold=score_threshold,
         batch_size=batch_size,
         show_progress=show,
-        results=_Results(label_to_category_id),
+        results=_Results(label_to_category_id, class_names, numbered_sources(sources)),
         names=_OutputNames([PREDICTIONS_FILE]),
         report=PredictionReport(),
     )

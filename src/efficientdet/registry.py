@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .config import LITE_MEAN, LITE_STD, AnchorConfig, ModelConfig
+from .config import ADVPROP_MEAN, ADVPROP_STD, LITE_MEAN, LITE_STD, AnchorConfig, ModelConfig
 
 _REGISTRY: dict[str, ModelConfig] = {}
 
@@ -51,6 +51,7 @@ def create_model(
     name: str,
     *,
     num_classes: int = 90,
+    pretrained: bool = False,
     pretrained_backbone: bool = False,
     checkpoint: str | Path | None = None,
     **overrides: Any,
@@ -60,7 +61,11 @@ def create_model(
     Args:
         name: one of :func:`list_models`.
         num_classes: classes C; the class head has ``A * C`` outputs per location.
-        pretrained_backbone: start the backbone from ImageNet weights.
+        pretrained: load the published COCO detector weights (downloaded once into the
+            torch.hub cache; see :mod:`efficientdet.pretrained`). With another ``num_classes``
+            everything but the class prediction layer loads: the start for fine-tuning.
+        pretrained_backbone: start the backbone from ImageNet weights (ignored with
+            ``pretrained``, whose weights include the backbone).
         checkpoint: weights to load (this project's safetensors or an ``effdet`` state dict).
             With a different class count, everything but the class prediction layer loads.
         overrides: any :class:`ModelConfig` field, e.g. ``image_size=(384, 640)``.
@@ -68,7 +73,14 @@ def create_model(
     from .checkpoint import load_checkpoint
     from .model import EfficientDet
 
+    if pretrained and checkpoint is not None:
+        raise ValueError("give either pretrained=True or checkpoint=..., not both")
     config = get_config(name, num_classes=num_classes, **overrides)
+    if pretrained:
+        from .pretrained import fetch_weights
+
+        checkpoint = fetch_weights(name)
+        pretrained_backbone = False
     model = EfficientDet(config, pretrained_backbone=pretrained_backbone)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
@@ -92,6 +104,7 @@ _D_BACKBONE = {
     "d0": "b0", "d1": "b1", "d2": "b2", "d3": "b3", "d4": "b4",
     "d5": "b5", "d6": "b6", "d7": "b6", "d7x": "b7",
 }
+_ADVPROP = ("d0", "d1", "d2", "d3", "d4", "d5")
 # (backbone, input, BiFPN W, BiFPN D, head D, anchor scale)
 _LITE_ROWS: dict[str, tuple[str, int, int, int, int, float]] = {
     "lite0": ("lite0", 320, 64, 3, 3, 3.0),
@@ -116,6 +129,13 @@ def _register_table(register: Callable[[ModelConfig], ModelConfig]) -> None:
             padding="same", redundant_bias=True, backbone_drop_path=0.2, **common,
         ))
         # PyTorch-native symmetric padding, no redundant bias.
+        # AdvProp + AutoAugment weights (D0-D5): the same network on inputs in [-1, 1].
+        if key in _ADVPROP:
+            register(ModelConfig(
+                name=f"tf_efficientdet_{key}_ap", backbone=f"tf_efficientnet_{backbone}",
+                padding="same", redundant_bias=True, backbone_drop_path=0.2,
+                mean=ADVPROP_MEAN, std=ADVPROP_STD, **common,
+            ))
         register(ModelConfig(
             name=f"efficientdet_{key}", backbone=f"efficientnet_{backbone}",
             padding="symmetric", redundant_bias=False,

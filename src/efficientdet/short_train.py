@@ -20,11 +20,11 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .backbone import LITE0_BACKBONE
+from .backbone import LITE_PACKAGES
 from .config import ModelConfig
 
 # Backbones whose ImageNet weights load without the network.
-OFFLINE_PRETRAINED_BACKBONES = frozenset({LITE0_BACKBONE})
+OFFLINE_PRETRAINED_BACKBONES = frozenset(LITE_PACKAGES)
 # ModelConfig fields the trainer applies as overrides to a registered name (ModelSection).
 TRAINER_MODEL_OVERRIDES = ("image_size", "neck", "fusion", "fpn_channels", "fpn_repeats")
 # Recipe keys that a fixed-step run drops rather than overrides.

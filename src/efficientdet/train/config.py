@@ -28,8 +28,9 @@ class ModelSection:
     """Which network, where its weights start, what is frozen."""
 
     name: str = "tf_efficientdet_d0"
+    pretrained: bool = False  # start from the published COCO detector (efficientdet list --pretrained)
     pretrained_backbone: bool = True
-    init_checkpoint: str | None = None  # COCO detector weights to fine-tune from
+    init_checkpoint: str | None = None  # detector weights file to fine-tune from
     image_size: tuple[int, int] | None = None  # None: the model's own
     phi: float | None = None  # compound scaling: build compound_config(phi) with `name` as phi=0
     neck: str | None = None

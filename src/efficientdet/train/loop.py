@@ -24,6 +24,7 @@ from ..detector import BackboneFeatures, Detector
 from ..evaluate import evaluate_detector, format_metrics, write_eval_outputs
 from ..model import EfficientDet
 from ..optimize import optimize_for_inference
+from ..pretrained import fetch_weights
 from ..scaling import config_for_training
 from .config import TrainConfig, load_config, save_config
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
@@ -290,7 +291,15 @@ class Trainer:
             overrides["neck"] = cfg.neck
         if cfg.fusion is not None:
             overrides["fusion"] = cfg.fusion
-        pretrained = cfg.pretrained_backbone and cfg.init_checkpoint is None and self.resume_state is None
+        init_checkpoint = cfg.init_checkpoint
+        if cfg.pretrained:
+            if init_checkpoint is not None:
+                raise TrainingError(
+                    "model.pretrained and model.init_checkpoint both name starting weights; keep one"
+                )
+            if self.resume_state is None:
+                init_checkpoint = str(fetch_weights(cfg.name))
+        pretrained = cfg.pretrained_backbone and init_checkpoint is None and self.resume_state is None
         for key in ("fpn_channels", "fpn_repeats"):
             if getattr(cfg, key) is not None:
                 overrides[key] = getattr(cfg, key)
@@ -298,9 +307,9 @@ class Trainer:
             cfg.name, cfg.phi, self.train_data.num_classes, **overrides
         )
         model = EfficientDet(model_config, pretrained_backbone=pretrained)
-        if cfg.init_checkpoint and self.resume_state is None:
-            report = load_checkpoint(model, cfg.init_checkpoint)
-            log.info("initialised from %s (%s)", cfg.init_checkpoint, report.source_format)
+        if init_checkpoint and self.resume_state is None:
+            report = load_checkpoint(model, init_checkpoint)
+            log.info("initialised from %s (%s)", init_checkpoint, report.source_format)
         stages = backbone_stages(model.backbone)
         count = len(stages) if cfg.freeze_backbone < 0 else min(cfg.freeze_backbone, len(stages))
         self.frozen: list[nn.Module] = freeze_modules([m for s in stages[:count] for m in s])
