@@ -312,7 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'tf_*'")
 
     p = sub.add_parser("check-data", help="validate a dataset before a long run")
-    p.add_argument("--data", required=True, help="COCO .json, VOC/YOLO folder or data.yaml")
+    p.add_argument(
+        "--data", required=True,
+        help="COCO .json, data.yaml, or a dataset folder as Roboflow, CVAT, Label Studio, "
+        "Ultralytics or supervision export it",
+    )
     p.add_argument("--split", default="train")
     p.add_argument("--image-size", type=_positive_int, default=512, help="network input used for the level histogram")
     p.add_argument("--no-decode", action="store_true", help="check image headers only (faster)")

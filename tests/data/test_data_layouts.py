@@ -195,6 +195,23 @@ def test_ultralytics_yaml_with_folder_lists_and_image_list_files(tmp_path) -> No
     )
 
 
+def test_cvat_ultralytics_yolo_export(tmp_path, capsys) -> None:
+    root = tmp_path / "task_pets-ultralytics"
+    lines = []
+    for i in range(2):
+        _image(root / "images" / "train" / f"frame_{i:06d}.jpg")
+        (root / "labels" / "train").mkdir(parents=True, exist_ok=True)
+        (root / "labels" / "train" / f"frame_{i:06d}.txt").write_text(_yolo_lines())
+        lines.append(f"images/train/frame_{i:06d}.jpg")
+    (root / "train.txt").write_text("\n".join(lines) + "\n")
+    (root / "data.yaml").write_text("path: ./\ntrain: train.txt\nnames:\n  0: cat\n  1: dog\n")
+    data = load_dataset(root)
+    _assert_boxes(data, 2)
+    assert data.issues.count("images_found_elsewhere") == 0
+    code, out = _check_data(capsys, root)
+    assert code == 0 and "(yolo): OK" in out
+
+
 def test_parent_relative_entry_that_exists_nowhere_names_both_places(tmp_path) -> None:
     (tmp_path / "data.yaml").write_text("train: ../train/images\nnames: [a]\n")
     with pytest.raises(DataError, match=r"entry 'train': ../train/images is neither at .* nor at"):
@@ -241,7 +258,12 @@ def test_cvat_yolo_1_1_obj_data(tmp_path, prefix: str, capsys) -> None:
     (root / "obj.data").write_text(
         f"classes = 2\ntrain = {prefix}train.txt\nnames = {prefix}obj.names\nbackup = backup/\n"
     )
-    _assert_boxes(load_dataset(root), 3)
+    data = load_dataset(root)
+    _assert_boxes(data, 3)
+    # Paths written for darknet's working folder are found, and that is said.
+    assert data.issues.count("images_found_elsewhere") == (1 if prefix else 0)
+    if prefix:
+        assert "train.txt:1: 3 listed path(s)" in data.issues.examples["images_found_elsewhere"][0]
     code, out = _check_data(capsys, root)
     assert code == 0 and "(yolo): OK" in out
     with pytest.raises(DataError, match=r"obj.data: no 'val' image list; entries: \['train'\]"):

@@ -263,6 +263,7 @@ def yolo_image_list(sources: list[Path], root: Path, issues: IssueLog) -> list[P
             issues.add("unreadable_annotation", f"{source}: cannot read image list: {err}")
             continue
         bases = list(dict.fromkeys([source.parent, root]))
+        shortened: list[tuple[int, str, Path]] = []
         for lineno, line in enumerate(lines, start=1):
             line = line.strip()
             if not line or line.startswith("#"):
@@ -271,7 +272,17 @@ def yolo_image_list(sources: list[Path], root: Path, issues: IssueLog) -> list[P
             if not path.is_file():
                 issues.add("missing_image", f"{where(source, lineno)}: {line} not found")
                 continue
+            if not Path(line).is_absolute() and path not in [b / line for b in bases]:
+                shortened.append((lineno, line, path))
             images.append(path)
+        if shortened:
+            lineno, line, path = shortened[0]
+            issues.add(
+                "images_found_elsewhere",
+                f"{where(source, lineno)}: {len(shortened)} listed path(s) do not exist under "
+                f"{' or '.join(str(b) for b in bases)} as written; found with leading folders "
+                f"removed, e.g. {line} -> {path}",
+            )
     return images
 
 
