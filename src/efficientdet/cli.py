@@ -344,7 +344,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only models with published COCO weights: file size and reference AP")
 
     p = sub.add_parser("check-data", help="validate a dataset before a long run")
-    p.add_argument("--data", required=True, help="COCO .json, VOC/YOLO folder or data.yaml")
+    p.add_argument(
+        "--data", required=True,
+        help="COCO .json, data.yaml, or a dataset folder as Roboflow, CVAT, Label Studio, "
+        "Ultralytics or supervision export it",
+    )
     p.add_argument("--split", default="train")
     p.add_argument("--image-size", type=_positive_int, default=512, help="network input used for the level histogram")
     p.add_argument("--no-decode", action="store_true", help="check image headers only (faster)")

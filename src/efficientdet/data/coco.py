@@ -4,14 +4,22 @@ Category ids of any kind (COCO's sparse 1..90, or 0-based, or arbitrary) become 
 labels ``0..K-1`` in sorted id order; ``label_to_category_id`` maps them back. ``bbox`` is
 ``[x, y, w, h]`` in pixels and becomes ``xyxy``. ``iscrowd`` boxes are kept aside as
 ``crowd_boxes`` and are not training targets.
+
+Roboflow's COCO exports declare one extra category, id 0, named after the project, that is
+the ``supercategory`` of every other category and has no boxes; it is dropped (recorded as
+``supercategory_dropped``) rather than trained as an empty class. When the images are not
+where ``file_name`` says (relative to the JSON file's folder by default), the usual places
+are searched (see :mod:`efficientdet.data.locate`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
+from .locate import all_present, find_image_dir
 from .sample import (
     DataError,
     DetectionData,
@@ -22,6 +30,8 @@ from .sample import (
     read_image_size,
     where,
 )
+
+log = logging.getLogger(__name__)
 
 
 def _read_json(path: Path) -> Any:
@@ -42,8 +52,9 @@ def _is_int(value: object) -> bool:
 
 def _read_categories(
     path: Path, categories: list[Any], issues: IssueLog
-) -> tuple[list[int], list[str]]:
+) -> tuple[list[int], list[str], dict[int, str | None]]:
     names_by_id: dict[int, str] = {}
+    super_by_id: dict[int, str | None] = {}
     for i, cat in enumerate(categories):
         ctx = f"{path}: categories[{i}]"
         if not isinstance(cat, dict) or not _is_int(cat.get("id")):
@@ -54,8 +65,24 @@ def _read_categories(
             issues.add("duplicate_category_id", f"{ctx}: category id {cid} is declared twice")
             continue
         names_by_id[cid] = str(cat.get("name", cid))
+        sup = cat.get("supercategory")
+        super_by_id[cid] = str(sup) if sup is not None else None
     ids = sorted(names_by_id)
-    return ids, [names_by_id[c] for c in ids]
+    return ids, [names_by_id[c] for c in ids], super_by_id
+
+
+def _umbrella_category(
+    ids: list[int], names: list[str], super_by_id: dict[int, str | None], used: set[int]
+) -> int | None:
+    """The id of a category without annotations that is the supercategory of every other
+    category (Roboflow's project-named category 0), or None."""
+    if len(ids) < 2:
+        return None
+    for cid, name in zip(ids, names, strict=True):
+        others = [c for c in ids if c != cid]
+        if cid not in used and all(super_by_id.get(c) == name for c in others):
+            return cid
+    return None
 
 
 def _read_bbox(value: Any, ctx: str, issues: IssueLog) -> list[float] | None:
@@ -80,17 +107,25 @@ def load_coco(
     strict: bool = True,
     check_files: bool = True,
     min_size: float = 1.0,
+    split: str | None = None,
 ) -> DetectionData:
     """Read a COCO instances JSON file.
 
     Args:
         annotation_file: the ``.json`` file.
-        image_dir: folder that ``file_name`` is relative to; default the JSON file's folder.
+        image_dir: folder that ``file_name`` is relative to; default the JSON file's folder,
+            or, when the listed images are not there, the one folder among the usual places
+            (:func:`efficientdet.data.locate.find_image_dir`) that holds them all; its use
+            is recorded as ``images_found_elsewhere`` and logged. A given ``image_dir`` is
+            never replaced; when the images are not in it, what the search found is
+            recorded as ``images_not_located``.
         strict: raise :class:`DataError` listing the fatal problems (malformed values,
             conflicting duplicate ids) after reading; with False they are only recorded in
             ``issues`` and the offending entries skipped.
         check_files: skip (and count) images whose file does not exist.
         min_size: boxes narrower or shorter than this many pixels after clipping are dropped.
+        split: the split this file is read as; only used to word the data-file line in the
+            messages about image folders.
 
     Returns:
         :class:`DetectionData` with one sample per image, in file order. Images without
@@ -114,7 +149,23 @@ def load_coco(
         raise DataError(f"{path}: 'annotations' must be a list")
 
     issues = IssueLog()
-    category_ids, class_names = _read_categories(path, doc["categories"], issues)
+    category_ids, class_names, super_by_id = _read_categories(path, doc["categories"], issues)
+    used: set[int] = {
+        a["category_id"]
+        for a in annotations
+        if isinstance(a, dict) and _is_int(a.get("category_id"))
+    }
+    umbrella = _umbrella_category(category_ids, class_names, super_by_id, used)
+    if umbrella is not None:
+        k = category_ids.index(umbrella)
+        name = class_names.pop(k)
+        category_ids.pop(k)
+        issues.add(
+            "supercategory_dropped",
+            f"{path}: category id {umbrella} ({name!r}) has no annotations and is the "
+            f"supercategory of all {len(category_ids)} others (as Roboflow exports write it); "
+            f"dropped, the classes are {class_names[:20]} with ids {category_ids[:20]}",
+        )
     label_of = {cid: label for label, cid in enumerate(category_ids)}
 
     # Images: id -> (file_name, size or None), in file order.
@@ -184,6 +235,8 @@ def load_coco(
             bucket["boxes"].append(box)
             bucket["labels"].append(label_of[category_id])
 
+    if check_files:
+        root = _locate_images(path, root, image_dir is not None, images, issues, split)
     samples = []
     for image_id, (file_name, size) in images.items():
         image_path = root / file_name
@@ -222,6 +275,33 @@ def load_coco(
         source=path,
         issues=issues,
     )
+
+
+def _locate_images(
+    path: Path,
+    root: Path,
+    given: bool,
+    images: dict[int, tuple[str, tuple[int, int] | None]],
+    issues: IssueLog,
+    split: str | None,
+) -> Path:
+    """The folder ``file_name`` is relative to: ``root`` when it holds the (sampled) images,
+    else the single usual place that does (recorded); ``root`` again when none or several do
+    (what was found is recorded)."""
+    names = [name for name, _ in images.values()]
+    if not names or all_present(root, names):
+        return root
+    search = find_image_dir(path, names)
+    message = search.describe(root, split)
+    chosen = search.chosen
+    if chosen is not None and not given:
+        issues.add("images_found_elsewhere", message)
+        log.warning("%s", message)
+        return chosen
+    if given and chosen is not None:
+        message = message.replace("which is used", "which is not used (images were given)")
+    issues.add("images_not_located", message)
+    return root
 
 
 def _file_name(image_path: Path, relative_to: Path | None) -> str:

@@ -48,6 +48,12 @@ ISSUE_SEVERITY: dict[str, str] = {
     "box_degenerate": WARNING,  # zero, negative or < min_size width/height: dropped
     "class_without_boxes": WARNING,
     "class_names_inferred": WARNING,  # no names given: classes named "0".."K-1"
+    # A COCO category with no boxes that is only the supercategory of all the others
+    # (Roboflow's exports): dropped from the class table, and said so.
+    "supercategory_dropped": WARNING,
+    "images_found_elsewhere": WARNING,  # images not where the annotations say; found and used
+    "images_not_located": WARNING,  # images not where the annotations say; what was found
+    "split_substituted": WARNING,  # the only split of a tool's export used for the asked one
     "image_without_boxes": INFO,  # kept as a negative (background-only) image
     "crowd_box": INFO,  # COCO iscrowd: kept aside, not a training target
     "tiny_box": INFO,  # too small to reach IoU 0.5 with the smallest anchor

@@ -1,5 +1,9 @@
 """Pascal VOC folders: ``Annotations/*.xml`` + ``JPEGImages/``, optional ``ImageSets/Main``.
 
+Also read: ``annotations/`` + ``images/`` (names supervision's ``as_pascal_voc`` is often
+given), and a folder holding the ``.xml`` files next to the images (Roboflow's VOC export,
+one such folder per split); see :func:`voc_folders`.
+
 VOC corners are 1-based and inclusive; with ``one_based=True`` (the VOC convention, as in
 detectron2) ``xmin``/``ymin`` are shifted by -1 so a box becomes ``xyxy`` with pixel edges
 ``[xmin - 1, ymin - 1, xmax, ymax]``. Class names are the sorted names found in every
@@ -130,6 +134,35 @@ def _find_image(image_dir: Path, filename: str | None, stem: str) -> Path | None
     return None
 
 
+VOC_LAYOUTS = (("Annotations", "JPEGImages"), ("annotations", "images"))
+
+
+def has_xml(folder: Path) -> bool:
+    """Whether ``folder`` directly holds a ``.xml`` file."""
+    return folder.is_dir() and any(p.suffix.lower() == ".xml" for p in folder.iterdir())
+
+
+def voc_folders(root: str | Path) -> tuple[Path, Path]:
+    """``(annotations_dir, images_dir)`` of a VOC folder: ``Annotations/`` + ``JPEGImages/``,
+    ``annotations/`` + ``images/`` (with ``.xml`` files), or ``root`` itself holding both.
+
+    Raises:
+        DataError: none of these layouts.
+    """
+    root = Path(root)
+    for ann, img in VOC_LAYOUTS:
+        if ann == "Annotations" and (root / ann).is_dir():
+            return root / ann, root / img
+        if has_xml(root / ann):
+            return root / ann, root / img
+    if has_xml(root):
+        return root, root
+    raise DataError(
+        f"{root}: not a Pascal VOC folder (no Annotations/ folder, no annotations/ with .xml "
+        "files, no .xml files in the folder itself)"
+    )
+
+
 def load_voc(
     root: str | Path,
     split: str | None = None,
@@ -142,7 +175,8 @@ def load_voc(
     """Read a Pascal VOC folder.
 
     Args:
-        root: folder holding ``Annotations/`` and ``JPEGImages/``.
+        root: folder holding ``Annotations/`` and ``JPEGImages/`` (or another layout of
+            :func:`voc_folders`).
         split: name of ``ImageSets/Main/{split}.txt``; None reads every annotation file.
         class_names: the class table (label = index); objects of other names are skipped
             and counted as ``unknown_category``. Default: sorted names found in all files.
@@ -156,9 +190,7 @@ def load_voc(
         ``label_to_category_id`` is the identity.
     """
     root = Path(root)
-    ann_dir, image_dir = root / "Annotations", root / "JPEGImages"
-    if not ann_dir.is_dir():
-        raise DataError(f"{root}: not a Pascal VOC folder (no Annotations/ folder)")
+    ann_dir, image_dir = voc_folders(root)
     issues = IssueLog()
     all_files = sorted(ann_dir.glob("*.xml"))
     stems = [p.stem for p in all_files] if split is None else _split_ids(root, split)

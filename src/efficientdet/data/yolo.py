@@ -6,10 +6,15 @@ segmentation polygon, k >= 3) becomes the polygon's bounding box. An image witho
 file is a negative image. Class names come from ``names`` in a ``data.yaml`` (a list or an
 ``{index: name}`` mapping) or from ``classes.txt`` (one name per line).
 
-Layouts found for a split ``s``: ``root/images/s`` + ``root/labels/s`` (ultralytics),
-``root/s/images`` + ``root/s/labels`` (roboflow), ``root/images`` + ``root/labels``, or
-``root`` being an images folder itself (the last ``images`` path component is replaced by
-``labels``).
+Layouts found for a split ``s`` (or its other spellings, ``valid`` for ``val``):
+``root/images/s`` + ``root/labels/s`` (ultralytics), ``root/s/images`` + ``root/s/labels``
+(roboflow), ``root/images`` + ``root/labels``, or ``root`` being an images folder itself
+(the last ``images`` path component is replaced by ``labels``).
+
+:func:`load_yolo_sources` reads Ultralytics-style split entries instead: image folders and
+``.txt`` files listing image paths, each image's label file found by Ultralytics' rule
+(:func:`label_path_for`; beside the image when the path has no ``images`` folder, as in
+darknet and CVAT "YOLO 1.1" exports).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from .locate import split_names
 from .sample import (
     IMAGE_EXTENSIONS,
     DataError,
@@ -59,10 +65,10 @@ def yolo_folders(root: str | Path, split: str | None = None) -> tuple[Path, Path
     """
     root = Path(root)
     candidates: list[tuple[Path, Path]] = []
-    if split is not None:
+    for name in split_names(split) if split is not None else []:
         candidates += [
-            (root / "images" / split, root / "labels" / split),
-            (root / split / "images", root / split / "labels"),
+            (root / "images" / name, root / "labels" / name),
+            (root / name / "images", root / name / "labels"),
         ]
     flat = [(root / "images", root / "labels")]
     if "images" in root.parts:
@@ -198,19 +204,129 @@ def load_yolo(
     """
     root = Path(root)
     images_dir, labels_dir = yolo_folders(root, split)
-    issues = IssueLog()
     names = (
         class_names if class_names is not None else _find_class_names(root, images_dir, labels_dir)
     )
     image_paths = sorted(
         p for p in images_dir.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
     )
+    pairs = [(p, labels_dir / p.relative_to(images_dir).with_suffix(".txt")) for p in image_paths]
+    return _read_yolo(pairs, root, names, IssueLog(), strict=strict, min_size=min_size)
 
+
+def label_path_for(image_path: Path) -> Path:
+    """Ultralytics' rule: the last ``images`` folder of the path becomes ``labels`` and the
+    suffix ``.txt``; an image outside any ``images`` folder has its label file beside it
+    (darknet's and CVAT "YOLO 1.1"'s layout)."""
+    parts = list(image_path.parts)
+    for i in range(len(parts) - 2, -1, -1):
+        if parts[i] == "images":
+            parts[i] = "labels"
+            return Path(*parts).with_suffix(".txt")
+    return image_path.with_suffix(".txt")
+
+
+def resolve_listed(line: str, bases: list[Path]) -> Path:
+    """The image a line of a list file (``train.txt``) names.
+
+    Absolute paths are kept. A relative one is tried under each base in turn (the list
+    file's folder, then the dataset root), then with leading folders removed one at a time
+    (darknet lists write ``data/obj_train_data/x.jpg`` for a file at
+    ``obj_train_data/x.jpg``). When nothing exists the first plain candidate is returned
+    (and reported missing by the reader).
+    """
+    path = Path(line)
+    if path.is_absolute():
+        return path
+    parts = path.parts
+    for k in range(len(parts)):
+        tail = Path(*parts[k:])
+        for base in bases:
+            if (base / tail).is_file():
+                return base / tail
+    return bases[0] / path
+
+
+def yolo_image_list(sources: list[Path], root: Path, issues: IssueLog) -> list[Path]:
+    """Images of Ultralytics-style split entries: folders (searched recursively) and
+    ``.txt`` files listing one image path per line (see :func:`resolve_listed`)."""
+    images: list[Path] = []
+    for source in sources:
+        if source.is_dir():
+            images += sorted(
+                p for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+            )
+            continue
+        try:
+            lines = source.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            issues.add("unreadable_annotation", f"{source}: cannot read image list: {err}")
+            continue
+        bases = list(dict.fromkeys([source.parent, root]))
+        shortened: list[tuple[int, str, Path]] = []
+        for lineno, line in enumerate(lines, start=1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            path = resolve_listed(line, bases)
+            if not path.is_file():
+                issues.add("missing_image", f"{where(source, lineno)}: {line} not found")
+                continue
+            if not Path(line).is_absolute() and path not in [b / line for b in bases]:
+                shortened.append((lineno, line, path))
+            images.append(path)
+        if shortened:
+            lineno, line, path = shortened[0]
+            issues.add(
+                "images_found_elsewhere",
+                f"{where(source, lineno)}: {len(shortened)} listed path(s) do not exist under "
+                f"{' or '.join(str(b) for b in bases)} as written; found with leading folders "
+                f"removed, e.g. {line} -> {path}",
+            )
+    return images
+
+
+def load_yolo_sources(
+    sources: list[Path],
+    root: str | Path,
+    *,
+    class_names: list[str] | None = None,
+    strict: bool = True,
+    min_size: float = 1.0,
+) -> DetectionData:
+    """Read YOLO labels for the images of Ultralytics-style split entries.
+
+    Args:
+        sources: image folders and ``.txt`` image lists (:func:`yolo_image_list`).
+        root: the dataset root, the second base for relative list entries and the
+            ``source`` of the result.
+        class_names: the class table; else inferred as in :func:`load_yolo`.
+        strict: raise :class:`DataError` on fatal problems (named with file and line).
+        min_size: boxes narrower or shorter than this many pixels after clipping are dropped.
+
+    Returns:
+        :class:`DetectionData`; label files found by :func:`label_path_for`.
+    """
+    root = Path(root)
+    issues = IssueLog()
+    images = yolo_image_list(sources, root, issues)
+    pairs = [(p, label_path_for(p)) for p in images]
+    return _read_yolo(pairs, root, class_names, issues, strict=strict, min_size=min_size)
+
+
+def _read_yolo(
+    pairs: list[tuple[Path, Path]],
+    root: Path,
+    names: list[str] | None,
+    issues: IssueLog,
+    *,
+    strict: bool,
+    min_size: float,
+) -> DetectionData:
+    """Parse the label file of each ``(image, label file)`` pair into samples."""
     parsed = []  # (image path, size, label path, [(cls, box, line ctx)])
     seen_labels: dict[Path, Path] = {}
-    for image_path in image_paths:
-        rel = image_path.relative_to(images_dir)
-        label_path = labels_dir / rel.with_suffix(".txt")
+    for image_path, label_path in pairs:
         if label_path in seen_labels:
             issues.add(
                 "duplicate_image",
