@@ -343,3 +343,23 @@ def test_true_positives_are_the_ones_pycocotools_counts_for_ap50() -> None:
     ours = [_coco_interpolated_ap(curve) for curve in analysis.curves]
     assert ours == pytest.approx([result.per_class_ap50[n] for n in NAMES], abs=1e-9)
     assert min(ours) > 0 and max(ours) < 1  # neither trivial case
+
+
+def test_error_files_without_any_detection(tmp_path: Path) -> None:
+    from efficientdet.data import DetectionSample
+    from efficientdet.error_report import write_error_outputs
+    from efficientdet.evaluate import STAT_NAMES, EvalResult
+
+    path = tmp_path / "1.png"
+    Image.new("RGB", (40, 30)).save(path)
+    sample = DetectionSample(path, 1, (30, 40), [[5, 5, 20, 20]], [1])
+    empty = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}
+    analysis = analyze_errors([{"boxes": sample.boxes, "labels": sample.labels, "image_id": 1}], [empty], NAMES)
+    assert analysis.errors["missed"] == 1 and analysis.confusion[BG, DOG] == 1
+    result = EvalResult(dict.fromkeys(STAT_NAMES, 0.0), dict.fromkeys(NAMES, 0.0), 1, 0)
+    paths = write_error_outputs(result, analysis, tmp_path / "eval", [sample])
+    assert "false_positives" not in paths and paths["missed"].is_file()
+    assert not (tmp_path / "eval" / "errors" / "false_positives.jpg").exists()
+    report = paths["report"].read_text()
+    assert "None at this threshold." in report and "No score threshold gives a true positive" in report
+    assert "- No box was taken for another class." in report

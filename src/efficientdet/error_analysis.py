@@ -231,21 +231,26 @@ def match_image(
     gt_det = np.full(num_gt, -1, dtype=np.int64)
     order = np.argsort(-det_s, kind="stable")
 
+    reachable = iou >= iou_threshold
+    # Only detections that reach some box of the kind a pass looks for need the loop.
+    reaches_same = (reachable & same).any(axis=1)
+    reaches_other = (reachable & ~same).any(axis=1)
+
     def take(d: int, allowed: np.ndarray) -> bool:
-        candidates = np.where(allowed & (gt_det < 0) & (iou[d] >= iou_threshold), iou[d], -1.0)
-        if num_gt == 0 or candidates.max() < 0:
+        candidates = np.where(allowed & reachable[d] & (gt_det < 0), iou[d], -1.0)
+        if candidates.max() < 0:
             return False
         g = int(np.argmax(candidates))
         det_gt[d], gt_det[g] = g, d
         return True
 
     for d in order:
-        if take(d, same[d]):
+        if reaches_same[d] and take(d, same[d]):
             outcome[d] = Outcome.TRUE_POSITIVE
         elif inside_crowd[d].any():
             outcome[d] = Outcome.IGNORED
     for d in order:
-        if outcome[d] == Outcome.BACKGROUND and take(d, ~same[d]):
+        if outcome[d] == Outcome.BACKGROUND and reaches_other[d] and take(d, ~same[d]):
             outcome[d] = Outcome.CONFUSION
     same_iou = np.where(same, iou, 0.0).max(axis=1) if num_gt else np.zeros(num_det)
     left = outcome == Outcome.BACKGROUND

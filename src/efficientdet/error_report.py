@@ -165,8 +165,11 @@ def plot_pr_curves(analysis: ErrorAnalysis, path: str | Path) -> Path:
     ax.set_ylabel("precision")
     ax.set_title(f"Precision-recall at IoU {analysis.iou_threshold:g}")
     ax.grid(alpha=0.3)
-    columns = 1 if analysis.num_classes <= 20 else 2
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, ncol=columns)
+    if ax.get_legend_handles_labels()[0]:
+        columns = 1 if analysis.num_classes <= 20 else 2
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, ncol=columns)
+    else:
+        ax.text(0.5, 0.5, "no detections", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
