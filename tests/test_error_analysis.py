@@ -299,8 +299,9 @@ def test_eval_command_writes_the_error_analysis(tiny_demo, tmp_path: Path) -> No
                            usecols=range(1, data.num_classes + 2), dtype=np.int64)
     # every box lands once in its true class's column: found, confused or missed
     assert confusion[:, : data.num_classes].sum() == data.num_boxes
-    errors = metrics["errors"]
-    assert errors["errors"]["missed"] == confusion[-1].sum()
+    assert metrics["error_analysis"]["errors"]["missed"] == confusion[-1].sum()
+    best = metrics["thresholds"]["overall"]["threshold"]
+    assert metrics["error_analysis"]["score_threshold"] == (best if best is not None else 0.3)
 
 
 def _coco_interpolated_ap(curve) -> float:

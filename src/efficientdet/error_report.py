@@ -27,7 +27,15 @@ import numpy as np
 from PIL import Image
 
 from .data import DataError, DetectionSample
-from .error_analysis import ERROR_KINDS, ErrorAnalysis, ImageMatch, Outcome, class_counts
+from .error_analysis import (
+    ERROR_KINDS,
+    ErrorAnalysis,
+    ImageMatch,
+    Outcome,
+    class_counts,
+    most_missed_images,
+    worst_false_positive_images,
+)
 from .visualize import add_legend, draw_detections, draw_ground_truth, make_grid
 
 if TYPE_CHECKING:
@@ -258,8 +266,6 @@ def write_galleries(
         ``{"false_positives" | "missed": (path, image ids in grid order)}`` for the
         galleries written.
     """
-    from .error_analysis import most_missed_images, worst_false_positive_images
-
     by_id = {s.image_id: s for s in samples}
     out = Path(out_dir) / "errors"
     written: dict[str, tuple[Path, list[int]]] = {}

@@ -65,7 +65,7 @@ class EvalResult:
         }
         if self.error_analysis is not None:
             data["thresholds"] = self.error_analysis.thresholds_dict()
-            data["errors"] = self.error_analysis.summary_dict()
+            data["error_analysis"] = self.error_analysis.summary_dict()
         return data
 
 
