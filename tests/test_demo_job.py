@@ -18,10 +18,12 @@ def test_demo_job_end_to_end_on_a_tiny_setting(tmp_path: Path) -> None:
     )
     out = tmp_path / "run"
     for name in ("report.md", "val_grid.png", "loss.png", "lr.png", "map.png", "best.safetensors",
-                 "eval/metrics.json", "eval/per_class_ap.png"):
+                 "eval/metrics.json", "eval/per_class_ap.png", "eval/report.md",
+                 "eval/confusion_matrix.png"):
         assert (out / name).is_file(), name
     text = result.report.read_text()
     assert "AP[.5:.95]" in text and "val_grid.png" in text
+    assert "eval/report.md" in text and "eval/confusion_matrix.png" in text
     assert 0.0 <= result.metrics["AP"] <= 1.0
     # a second run reuses the generated data
     stamp = tmp_path / "data" / "demo-args.json"

@@ -72,7 +72,9 @@ def test_tiny_training_lowers_the_loss(tiny_demo, tmp_path: Path) -> None:
     assert last < 0.7 * first, (first, last)
     run = tmp_path / "run"
     for name in ("config.yaml", "steps.csv", "epochs.csv", "last.safetensors", "best.safetensors",
-                 STATE_FILE, "loss.png", "lr.png", "eval/metrics.json", "eval/per_class_ap.png"):
+                 STATE_FILE, "loss.png", "lr.png", "eval/metrics.json", "eval/per_class_ap.png",
+                 "eval/report.md", "eval/thresholds.json", "eval/confusion_matrix.csv",
+                 "eval/confusion_matrix.png", "eval/pr_curves.csv", "eval/pr_curves.png"):
         assert (run / name).is_file(), name
     assert result.metrics is not None and 0.0 <= result.metrics["AP"] <= 1.0
 

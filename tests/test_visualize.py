@@ -9,6 +9,7 @@ from PIL import Image
 
 from efficientdet.visualize import (
     PALETTE,
+    add_legend,
     color_for_label,
     default_line_width,
     draw_detections,
@@ -47,6 +48,27 @@ def test_draw_detections_draws_outline_in_class_colour_only_on_the_box():
     assert not changed[:, 151:].any()
     assert not changed[91:, :].any()
     assert changed[:40, 50:150].any()
+
+
+def test_draw_detections_one_colour_for_every_box():
+    image = Image.new("RGB", (120, 60), GRAY)
+    out = draw_detections(
+        image, [[10, 30, 50, 55], [60, 30, 110, 55]], [0.9, 0.8], [0, 1], color=(1, 2, 3),
+        line_width=1,
+    )
+    assert out.getpixel((10, 40)) == out.getpixel((60, 40)) == (1, 2, 3)
+
+
+def test_add_legend_puts_a_strip_above_the_image():
+    image = Image.new("RGB", (400, 50), (200, 0, 0))
+    out = add_legend(image, [("found", (255, 255, 255), True), ("false", (0, 255, 0), False)])
+    strip = out.height - image.height
+    assert out.width == 400 and strip == 14 + 2 * 7
+    assert out.getpixel((0, strip)) == (200, 0, 0) and out.getpixel((399, out.height - 1)) == (200, 0, 0)
+    colours = {tuple(c) for c in np.asarray(out)[:strip].reshape(-1, 3)}
+    assert (0, 255, 0) in colours and (255, 255, 255) in colours
+    narrow = add_legend(Image.new("RGB", (10, 10)), [("a long legend entry", (9, 9, 9), False)])
+    assert narrow.width > 10  # the strip is never cut
 
 
 def test_draw_detections_respects_score_threshold():

@@ -181,8 +181,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         label_to_category_id=label_to_category_id,
     )
     print(format_metrics(result))
+    if result.error_analysis is not None:
+        print(result.error_analysis.summary_line())
     if args.out:
-        paths = write_eval_outputs(result, args.out, results)
+        paths = write_eval_outputs(result, args.out, results, data.samples)
         print(f"wrote {', '.join(str(p) for p in paths.values())}")
     for problem in result.unreadable:
         print(f"  failed: {problem}", file=sys.stderr)
@@ -398,7 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val")
     p.add_argument("--model", help="architecture, when the weights file does not record it")
     p.add_argument("--pretrained", action="store_true", help=_PRETRAINED_HELP)
-    p.add_argument("--out", help="folder for metrics.json, per_class_ap.png, detections.json")
+    p.add_argument("--out", help="folder for metrics.json, detections.json, report.md and the error "
+                   "analysis (confusion matrix, PR curves, F1-best thresholds, error galleries)")
     p.add_argument("--image-size", type=_positive_int, nargs="+", metavar="SIDE")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto")

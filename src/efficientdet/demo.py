@@ -100,9 +100,26 @@ def validation_grid(
 
 def write_report(
     out_dir: Path, *, data_args: dict[str, Any], metrics: dict[str, float], per_class: dict[str, float], timings: dict[str, float],
-    train_summary: dict[str, Any], recipe: list[str],
+    train_summary: dict[str, Any], recipe: list[str], thresholds: dict[str, Any] | None = None,
 ) -> Path:
     m = metrics
+    best = (thresholds or {}).get("overall", {})
+    errors_lines = [
+        "## What went wrong",
+        "",
+        "The full error analysis of the final evaluation is in [eval/report.md](eval/report.md):",
+        "per-class precision, recall and F1 at their best score thresholds, precision-recall",
+        "curves, the most confused digits and galleries of false positives and missed digits.",
+        "",
+    ]
+    if best.get("threshold") is not None:
+        errors_lines += [
+            f"At the score threshold with the best F1 over all classes, {best['threshold']:.3f} "
+            f"(IoU 0.5): precision {best['precision']:.3f}, recall {best['recall']:.3f}, "
+            f"F1 {best['f1']:.3f}.",
+            "",
+        ]
+    errors_lines += ["![confusion matrix](eval/confusion_matrix.png)", ""]
     lines = [
         "# EfficientDet demo: digit scenes",
         "",
@@ -130,6 +147,7 @@ def write_report(
         "",
         "![validation grid](val_grid.png)",
         "",
+        *errors_lines,
         "## Training",
         "",
         f"- steps: {train_summary['steps']} ({train_summary['epochs']:.1f} epochs), batch "
@@ -153,7 +171,8 @@ def write_report(
         "```",
         "",
         "Files: `best.safetensors` / `last.safetensors` (EMA weights with class names),",
-        "`eval/metrics.json`, `eval/detections.json`, `steps.csv`, `epochs.csv`.",
+        "`eval/metrics.json`, `eval/detections.json`, `eval/report.md` (with the confusion matrix,",
+        "PR curves, thresholds and error galleries beside it), `steps.csv`, `epochs.csv`.",
         "",
         "Reproduce: `make demo` (or `efficientdet demo --out runs/demo`).",
     ]
@@ -215,5 +234,6 @@ def run_demo(
             "batch_size": config.run.batch_size, "status": result.status,
         },
         recipe=[r for r in recipe if not r.startswith(("data.train", "data.val", "run.out_dir"))],
+        thresholds=evaluation.get("thresholds"),
     )
     return DemoResult(out, report, evaluation["metrics"], total / 60)

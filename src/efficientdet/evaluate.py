@@ -1,4 +1,5 @@
-"""COCO evaluation with pycocotools: AP, AP50, AP75, AP by size, AR, and per-class AP."""
+"""COCO evaluation with pycocotools: AP, AP50, AP75, AP by size, AR, and per-class AP; plus
+the error analysis (:mod:`efficientdet.error_analysis`) and the files that show it."""
 
 from __future__ import annotations
 
@@ -15,7 +16,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .data import DetectionData, DetectionDataset, build_transform, coco_dict, collate_detection
+from .data import (
+    DetectionData,
+    DetectionDataset,
+    DetectionSample,
+    build_transform,
+    coco_dict,
+    collate_detection,
+)
+from .error_analysis import ErrorAnalysis, analyze_errors
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +40,10 @@ class EvalResult:
     """COCO metrics (``-1`` where a category of sizes has no ground truth).
 
     ``unreadable`` lists the images that could not be read (file and problem); they are left
-    out of the ground truth and the metrics.
+    out of the ground truth and the metrics. ``per_class_ap`` is AP[.5:.95] and
+    ``per_class_ap50`` AP at IoU 0.5, by class name (``-1`` for a class without boxes).
+    ``error_analysis`` is what went wrong (matching at IoU 0.5, F1-best thresholds, confusion
+    matrix), when it was computed.
     """
 
     metrics: dict[str, float]
@@ -39,15 +51,22 @@ class EvalResult:
     num_images: int = 0
     num_detections: int = 0
     unreadable: list[str] = field(default_factory=list)
+    per_class_ap50: dict[str, float] = field(default_factory=dict)
+    error_analysis: ErrorAnalysis | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "metrics": self.metrics,
             "per_class_ap": self.per_class_ap,
+            "per_class_ap50": self.per_class_ap50,
             "num_images": self.num_images,
             "num_detections": self.num_detections,
             "unreadable_images": self.unreadable,
         }
+        if self.error_analysis is not None:
+            data["thresholds"] = self.error_analysis.thresholds_dict()
+            data["error_analysis"] = self.error_analysis.summary_dict()
+        return data
 
 
 def detections_to_coco(
@@ -145,7 +164,8 @@ def coco_evaluate(
         names = {c["id"]: c["name"] for c in ground_truth["categories"]}
         if not results:
             metrics = dict.fromkeys(STAT_NAMES, 0.0)
-            return EvalResult(metrics, dict.fromkeys(names.values(), 0.0), len(gt.imgs), 0)
+            zeros = dict.fromkeys(names.values(), 0.0)
+            return EvalResult(metrics, zeros, len(gt.imgs), 0, per_class_ap50=dict(zeros))
         dt = gt.loadRes(results)
         evaluator = COCOeval(gt, dt, "bbox")
         evaluator.evaluate()
@@ -154,12 +174,15 @@ def coco_evaluate(
     metrics = {name: float(v) for name, v in zip(STAT_NAMES, evaluator.stats, strict=True)}
     # precision: [T IoU thresholds, R recall points, K categories, A areas, M max dets]
     precision = evaluator.eval["precision"]
-    per_class = {}
+    per_class, per_class_50 = {}, {}
+    iou_50 = int(np.argmin(np.abs(evaluator.params.iouThrs - 0.5)))
     for k, cat_id in enumerate(evaluator.params.catIds):
         p = precision[:, :, k, 0, -1]
         valid = p[p > -1]
         per_class[names[cat_id]] = float(valid.mean()) if valid.size else -1.0
-    return EvalResult(metrics, per_class, len(gt.imgs), len(results))
+        valid_50 = p[iou_50][p[iou_50] > -1]
+        per_class_50[names[cat_id]] = float(valid_50.mean()) if valid_50.size else -1.0
+    return EvalResult(metrics, per_class, len(gt.imgs), len(results), per_class_ap50=per_class_50)
 
 
 @torch.inference_mode()
@@ -228,25 +251,30 @@ def evaluate_detector(
     device: torch.device | str = "cpu",
     progress: bool = False,
     label_to_category_id: Sequence[int] | None = None,
+    error_analysis: bool = True,
 ) -> tuple[EvalResult, list[dict[str, Any]]]:
     """COCO metrics of ``detector`` on ``data``; also returns the COCO results entries.
 
     ``label_to_category_id`` maps the detector's labels to category ids when they are not
     the dataset's own labels (see :func:`match_label_space`); detections of categories that
     ``data`` does not have are left out. Images that cannot be read are logged, left out of
-    the ground truth and listed in ``EvalResult.unreadable``; the others are evaluated.
+    the ground truth and listed in ``EvalResult.unreadable``; the others are evaluated. With
+    ``error_analysis``, the detections are also matched to the ground truth
+    (:func:`analyze_sample_errors`) into ``EvalResult.error_analysis``.
     """
+    samples = list(data.samples)
     detections = predict_dataset(
         detector, data, image_size=image_size, mean=mean, std=std, batch_size=batch_size,
         num_workers=num_workers, device=device, progress=progress,
     )
-    results = detections_to_coco(
-        [s.image_id for s in data.samples], detections,
-        data.label_to_category_id if label_to_category_id is None else label_to_category_id,
-    )
     if label_to_category_id is not None:
-        known = set(data.label_to_category_id)
-        results = [r for r in results if r["category_id"] in known]
+        detections = [
+            to_dataset_labels(det, label_to_category_id, data.label_to_category_id)
+            for det in detections
+        ]
+    results = detections_to_coco(
+        [s.image_id for s in data.samples], detections, data.label_to_category_id
+    )
     unreadable = {
         s.image_id: det["unreadable"]
         for s, det in zip(data.samples, detections, strict=True)
@@ -260,11 +288,62 @@ def evaluate_detector(
         data = data.without_images(unreadable)
     result = coco_evaluate(coco_dict(data), results)
     result.unreadable = [str(message) for message in unreadable.values()]
+    if error_analysis:
+        readable = [det for s, det in zip(samples, detections, strict=True) if s.image_id not in unreadable]
+        result.error_analysis = analyze_sample_errors(data.samples, readable, data.class_names)
     return result, results
 
 
-def write_eval_outputs(result: EvalResult, out_dir: str | Path, results: list[dict] | None = None) -> dict[str, Path]:
-    """Write ``metrics.json``, ``per_class_ap.png`` (and ``detections.json``) into ``out_dir``."""
+def to_dataset_labels(
+    detections: dict[str, Tensor],
+    model_category_ids: Sequence[int],
+    data_category_ids: Sequence[int],
+) -> dict[str, Tensor]:
+    """One image's detections with the model's labels turned into the dataset's through their
+    category ids; detections of categories the dataset does not have are dropped."""
+    lookup = torch.full((len(model_category_ids),), -1, dtype=torch.int64)
+    position = {cid: label for label, cid in enumerate(data_category_ids)}
+    for label, cid in enumerate(model_category_ids):
+        lookup[label] = position.get(cid, -1)
+    labels = lookup[detections["labels"].long().cpu()]
+    keep = labels >= 0
+    out = {key: value[keep] if torch.is_tensor(value) and value.dim() and len(value) == len(keep)
+           else value for key, value in detections.items()}
+    out["labels"] = labels[keep]
+    return out
+
+
+def analyze_sample_errors(
+    samples: Sequence[DetectionSample],
+    detections: Sequence[dict[str, Tensor]],
+    class_names: Sequence[str],
+) -> ErrorAnalysis:
+    """:func:`~efficientdet.error_analysis.analyze_errors` of per-image detections (xyxy in
+    original pixels, aligned with ``samples``) against the samples' boxes; crowd boxes are
+    ignore regions."""
+    ground_truth = [
+        {
+            "boxes": s.boxes, "labels": s.labels, "ignore_boxes": s.crowd_boxes,
+            "ignore_labels": s.crowd_labels, "image_id": s.image_id,
+        }
+        for s in samples
+    ]
+    return analyze_errors(ground_truth, detections, class_names)
+
+
+def write_eval_outputs(
+    result: EvalResult,
+    out_dir: str | Path,
+    results: list[dict] | None = None,
+    samples: Sequence[DetectionSample] | None = None,
+) -> dict[str, Path]:
+    """Write ``metrics.json``, ``per_class_ap.png`` (and ``detections.json``) into ``out_dir``.
+
+    When ``result`` has an error analysis, also the files that show it
+    (:func:`efficientdet.error_report.write_error_outputs`): ``thresholds.json``, the
+    confusion matrix and PR curves (CSV and PNG), ``report.md``, and with ``samples`` (the
+    evaluated images) the galleries in ``errors/``.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"metrics": out / "metrics.json", "per_class_ap": out / "per_class_ap.png"}
@@ -273,6 +352,10 @@ def write_eval_outputs(result: EvalResult, out_dir: str | Path, results: list[di
         paths["detections"] = out / "detections.json"
         paths["detections"].write_text(json.dumps(results))
     plot_per_class_ap(result.per_class_ap, paths["per_class_ap"])
+    if result.error_analysis is not None:
+        from .error_report import write_error_outputs
+
+        paths.update(write_error_outputs(result, result.error_analysis, out, samples))
     return paths
 
 

@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 __all__ = [
     "PALETTE",
+    "add_legend",
     "color_for_label",
     "default_font_size",
     "default_line_width",
@@ -150,6 +151,7 @@ def draw_detections(
     class_names: ClassNames | None = None,
     score_threshold: float = 0.3,
     *,
+    color: Color | None = None,
     line_width: int | None = None,
     font_size: int | None = None,
 ) -> Image.Image:
@@ -167,6 +169,7 @@ def draw_detections(
         class_names: names by label (a sequence or a mapping); labels without a name show
             their number.
         score_threshold: boxes below it are not drawn.
+        color: one colour for every box (e.g. by match status); default is the class colour.
         line_width: outline width in pixels; default scales with the image
             (:func:`default_line_width`).
         font_size: tag text size in pixels; default scales with the image.
@@ -191,10 +194,10 @@ def draw_detections(
             continue
         x1, x2 = min(x1, x2), max(x1, x2)
         y1, y2 = min(y1, y2), max(y1, y2)
-        color = color_for_label(int(label_array[i]))
-        draw.rectangle((x1, y1, x2, y2), outline=color, width=width)
+        box_color = color if color is not None else color_for_label(int(label_array[i]))
+        draw.rectangle((x1, y1, x2, y2), outline=box_color, width=width)
         text = f"{_class_name(int(label_array[i]), class_names)} {score_array[i]:.2f}"
-        _draw_tag(draw, text, (x1, y1), color, font, canvas.size, above=True)
+        _draw_tag(draw, text, (x1, y1), box_color, font, canvas.size, above=True)
     return canvas
 
 
@@ -334,3 +337,53 @@ def make_grid(
         y = padding + row * (cell_h + padding) + (cell_h - tile.height) // 2
         grid.paste(tile, (x, y))
     return grid
+
+
+def add_legend(
+    image: Image.Image,
+    entries: Sequence[tuple[str, Color, bool]],
+    *,
+    font_size: int = 14,
+    background: Color = (0, 0, 0),
+) -> Image.Image:
+    """A copy of ``image`` with a legend strip above it.
+
+    Args:
+        image: the picture (usually a grid).
+        entries: ``(text, colour, dashed)`` per item, left to right: a short line sample in
+            the colour (dashed like ground truth or solid like predictions), then the text.
+        font_size: text height in pixels.
+        background: colour of the strip.
+
+    Returns:
+        A new RGB image, as wide as ``image`` (or as the legend if that is wider), with the
+        strip on top.
+    """
+    font = _font(font_size)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    pad = max(4, font_size // 2)
+    sample = 3 * font_size
+    widths: list[int] = []
+    for text, _, _ in entries:
+        left, _, right, _ = probe.textbbox((0, 0), text, font=font)
+        widths.append(sample + pad + math.ceil(right - left))
+    legend_w = sum(widths) + pad * (2 * len(entries) + 1)
+    height = font_size + 2 * pad
+    canvas = Image.new("RGB", (max(image.width, legend_w), image.height + height), background)
+    canvas.paste(image.convert("RGB"), (0, height))
+    draw = ImageDraw.Draw(canvas)
+    x = float(pad)
+    middle = height / 2
+    line = max(2, font_size // 6)
+    for (text, color, dashed), width in zip(entries, widths, strict=True):
+        if dashed:
+            _dashed_line(draw, (x, middle), (x + sample, middle), color, line, float(font_size // 2))
+        else:
+            draw.line((x, middle, x + sample, middle), fill=color, width=line)
+        left, top, _, bottom = draw.textbbox((0, 0), text, font=font)
+        draw.text(
+            (x + sample + pad - left, middle - (bottom - top) / 2 - top), text,
+            fill=_text_color(background), font=font,
+        )
+        x += width + 2 * pad
+    return canvas

@@ -696,7 +696,7 @@ class Trainer:
             self.ema.update(self.model)
         return row
 
-    def _evaluate(self) -> dict[str, float] | None:
+    def _evaluate(self, error_analysis: bool = False) -> dict[str, float] | None:
         if self.val_data is None or not self.dist.is_main:
             return None
         # A BN-folded, channels-last copy of the evaluation weights: the same detections to
@@ -709,6 +709,7 @@ class Trainer:
             detector, self.val_data, image_size=config.image_size,
             mean=config.mean, std=config.std,
             batch_size=self.config.run.eval_batch_size, device=self.device,
+            error_analysis=error_analysis,
         )
         self._train_mode()
         self.last_eval = (result, results)
@@ -734,11 +735,11 @@ class Trainer:
         self.save()
 
     def _final_evaluation(self) -> dict[str, float] | None:
-        metrics = self._evaluate()
-        if metrics is None:
+        metrics = self._evaluate(error_analysis=True)
+        if metrics is None or self.val_data is None:
             return None
         result, results = self.last_eval
-        write_eval_outputs(result, self.run_dir / "eval", results)
+        write_eval_outputs(result, self.run_dir / "eval", results, self.val_data.samples)
         if self.logger is not None:
             row = {"epoch": self.step / self.steps_per_epoch, "step": float(self.step), **metrics}
             self.logger.log_epoch(row)
