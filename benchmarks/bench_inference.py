@@ -23,14 +23,14 @@ import torchvision
 
 import efficientdet as ed
 from common import interleaved_median_ms, machine, setup
-from efficientdet.anchors import generate_anchors
-from efficientdet.boxes import clip_boxes, decode, flatten_level_outputs
-from efficientdet.detector import Detector
-from efficientdet.export import export_onnx
-from efficientdet.export_graph import class_nms, onnx_translations
-from efficientdet.optimize import optimize_for_inference
-from efficientdet.postprocess import select_top_k
-from efficientdet.profile import count_multiply_adds
+from efficientdet.deploy.export import export_onnx
+from efficientdet.deploy.export_graph import class_nms, onnx_translations
+from efficientdet.detection.anchors import generate_anchors
+from efficientdet.detection.boxes import clip_boxes, decode, flatten_level_outputs
+from efficientdet.detection.detector import Detector
+from efficientdet.detection.postprocess import select_top_k
+from efficientdet.modeling.optimize import optimize_for_inference
+from efficientdet.modeling.profile import count_multiply_adds
 
 
 def cpu_peak_gflops(threads: int) -> tuple[float, str]:

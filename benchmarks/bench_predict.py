@@ -31,12 +31,12 @@ from PIL import Image
 
 import efficientdet as ed
 from common import interleaved_median_ms, machine, setup
-from efficientdet.detector import Detector
-from efficientdet.export import export_onnx
-from efficientdet.onnx_backend import OnnxDetector
-from efficientdet.optimize import optimize_for_inference
-from efficientdet.postprocess import letterbox_to_original, postprocess
-from efficientdet.preprocess import preprocess_batch
+from efficientdet.deploy.export import export_onnx
+from efficientdet.deploy.onnx_backend import OnnxDetector
+from efficientdet.detection.detector import Detector
+from efficientdet.detection.postprocess import letterbox_to_original, postprocess
+from efficientdet.detection.transform import preprocess_batch
+from efficientdet.modeling.optimize import optimize_for_inference
 
 
 def test_image(width: int, height: int, seed: int) -> Image.Image:
@@ -187,8 +187,8 @@ def post_detail(
     project's and torchvision's) on the first image's stored outputs."""
     import torchvision
 
-    from efficientdet.boxes import clip_boxes, decode, flatten_level_outputs
-    from efficientdet.postprocess import class_aware_nms, select_top_k
+    from efficientdet.detection.boxes import clip_boxes, decode, flatten_level_outputs
+    from efficientdet.detection.postprocess import class_aware_nms, select_top_k
 
     class_outputs, box_outputs = [o[:1] for o in outputs[0]], [o[:1] for o in outputs[1]]
     with torch.inference_mode():

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from efficientdet.runtime import tune_cpu_allocator
+from efficientdet.deploy.runtime import tune_cpu_allocator
 
 _allocator = "system"
 

@@ -4,9 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from efficientdet import ablation, ablation_cli
-from efficientdet.ablation import AblationSetting, ablation_config, paper_row, run_ablation
-from efficientdet.short_train import ShortTrainResult
+from efficientdet.cli import ablate as ablation_cli
+from efficientdet.studies import ablation
+from efficientdet.studies.ablation import AblationSetting, ablation_config, paper_row, run_ablation
+from efficientdet.studies.short_train import ShortTrainResult
 
 TINY = AblationSetting("tiny", "efficientdet_test", 16, 1, (128, 128))
 TINY_WIDE = AblationSetting("tiny96", "efficientdet_test", 24, 2, (96, 160))
@@ -142,7 +143,7 @@ def test_short_train_fn_binds_the_data_batch_and_overrides(tmp_path: Path) -> No
 def test_cli_trains_each_neck_and_reports_ap(
     tmp_path: Path, tiny_demo, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from efficientdet.cli import main
+    from efficientdet.cli.main import main
 
     monkeypatch.setattr(ablation, "DEFAULT_COST_SETTINGS", (TINY,))
     # The Lite0 detector (ImageNet backbone on disk) with a tiny neck at 128 px.

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from efficientdet.anchors import Anchors, generate_anchors, level_anchors
 from efficientdet.config import AnchorConfig
+from efficientdet.detection.anchors import Anchors, generate_anchors, level_anchors
 
 
 def test_hand_computed_level() -> None:

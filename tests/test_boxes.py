@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from efficientdet.anchors import generate_anchors
-from efficientdet.boxes import (
+from efficientdet.config import AnchorConfig
+from efficientdet.detection.anchors import generate_anchors
+from efficientdet.detection.boxes import (
     BBOX_XFORM_CLIP,
     box_area,
     box_iou,
@@ -22,7 +23,6 @@ from efficientdet.boxes import (
     xyxy_to_cxcywh,
     xyxy_to_xywh,
 )
-from efficientdet.config import AnchorConfig
 
 
 def random_boxes(n: int, generator: torch.Generator, dtype=torch.float64) -> torch.Tensor:

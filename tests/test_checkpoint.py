@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import efficientdet as ed
-from efficientdet.checkpoint import CheckpointError, read_checkpoint
+from efficientdet.modeling.checkpoint import CheckpointError, read_checkpoint
 
 
 def _randomise(model: torch.nn.Module) -> None:
@@ -113,7 +113,16 @@ def test_newer_format_is_refused(tmp_path: Path) -> None:
 
 
 def test_wrapped_and_prefixed_state_dicts(tmp_path: Path) -> None:
+    torch.manual_seed(3)
     model = ed.create_model("efficientdet_test")
-    path = tmp_path / "ddp.pth"
-    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
-    ed.load_checkpoint(ed.create_model("efficientdet_test"), path)
+    for wrapper, prefix in (("state_dict", "module."), ("model", "model."), ("state_dict_ema", "")):
+        path = tmp_path / f"{wrapper}.pth"
+        torch.save({wrapper: {f"{prefix}{k}": v for k, v in model.state_dict().items()}}, path)
+        torch.manual_seed(4)  # a fresh model with other weights
+        fresh = ed.create_model("efficientdet_test")
+        assert not torch.equal(fresh.class_net.predict.pointwise.weight, model.class_net.predict.pointwise.weight)
+        ed.load_checkpoint(fresh, path)
+        loaded = fresh.state_dict()
+        assert loaded.keys() == model.state_dict().keys()
+        for key, value in model.state_dict().items():
+            assert torch.equal(loaded[key], value), f"{wrapper}/{prefix}: {key} differs"

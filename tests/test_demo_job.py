@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from efficientdet.demo import run_demo
+from efficientdet.cli.demo import run_demo
 
 
 def test_demo_job_end_to_end_on_a_tiny_setting(tmp_path: Path) -> None:

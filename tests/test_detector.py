@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from efficientdet.anchors import generate_anchors
-from efficientdet.boxes import box_iou, encode
 from efficientdet.config import ModelConfig, feature_sizes
-from efficientdet.detector import Detector
+from efficientdet.detection.anchors import generate_anchors
+from efficientdet.detection.boxes import box_iou, encode
+from efficientdet.detection.detector import Detector
 
 
 def fake_config(image_size=(128, 128), num_classes=3) -> ModelConfig:
@@ -198,7 +198,7 @@ def test_outputs_that_do_not_fit_the_anchors_raise() -> None:
 
 
 def test_with_the_registered_tiny_model() -> None:
-    from efficientdet.registry import create_model
+    from efficientdet.modeling.registry import create_model
 
     torch.manual_seed(3)
     detector = Detector(create_model("efficientdet_test", num_classes=4)).train()
@@ -225,7 +225,7 @@ class LayoutProbe(nn.Module):
 
 
 def test_cpu_inference_feeds_channels_last_with_the_same_detections() -> None:
-    from efficientdet.registry import create_model
+    from efficientdet.modeling.registry import create_model
 
     torch.manual_seed(5)
     model = create_model("efficientdet_test", num_classes=4).eval()

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from efficientdet.error_analysis import (
+from efficientdet.inference.error_analysis import (
     Outcome,
     analyze_errors,
     best_f1_threshold,
@@ -210,8 +210,8 @@ def test_analysis_without_true_positives_uses_the_fallback_threshold() -> None:
 
 def test_error_files_and_report(tmp_path: Path) -> None:
     from efficientdet.data import DetectionSample
-    from efficientdet.error_report import write_error_outputs
-    from efficientdet.evaluate import EvalResult
+    from efficientdet.inference.error_report import write_error_outputs
+    from efficientdet.inference.evaluate import EvalResult
 
     gt, det = _case()
     samples = []
@@ -254,7 +254,7 @@ def test_error_files_and_report(tmp_path: Path) -> None:
 
 
 def test_draw_match_colours_by_status() -> None:
-    from efficientdet.error_report import STATUS_COLORS, draw_match
+    from efficientdet.inference.error_report import STATUS_COLORS, draw_match
 
     gt, det = _case()
     match = analyze_errors(gt, det, NAMES).matches[1]  # confusion, TP, localisation
@@ -268,7 +268,7 @@ def test_draw_match_colours_by_status() -> None:
 
 def test_eval_command_writes_the_error_analysis(tiny_demo, tmp_path: Path) -> None:
     import efficientdet as ed
-    from efficientdet.cli import main
+    from efficientdet.cli.main import main
     from efficientdet.data import load_dataset
 
     data = load_dataset(tiny_demo.data_yaml, "val")
@@ -312,7 +312,7 @@ def _coco_interpolated_ap(curve) -> float:
 
 
 def test_true_positives_are_the_ones_pycocotools_counts_for_ap50() -> None:
-    from efficientdet.evaluate import coco_evaluate, detections_to_coco
+    from efficientdet.inference.evaluate import coco_evaluate, detections_to_coco
 
     g = torch.Generator().manual_seed(3)
     ground_truth, detections, images, annotations = [], [], [], []
@@ -348,8 +348,8 @@ def test_true_positives_are_the_ones_pycocotools_counts_for_ap50() -> None:
 
 def test_error_files_without_any_detection(tmp_path: Path) -> None:
     from efficientdet.data import DetectionSample
-    from efficientdet.error_report import write_error_outputs
-    from efficientdet.evaluate import STAT_NAMES, EvalResult
+    from efficientdet.inference.error_report import write_error_outputs
+    from efficientdet.inference.evaluate import STAT_NAMES, EvalResult
 
     path = tmp_path / "1.png"
     Image.new("RGB", (40, 30)).save(path)

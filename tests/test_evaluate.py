@@ -4,7 +4,7 @@ import io
 import pytest
 import torch
 
-from efficientdet.evaluate import coco_evaluate, detections_to_coco
+from efficientdet.inference.evaluate import coco_evaluate, detections_to_coco
 
 
 def _ground_truth() -> dict:

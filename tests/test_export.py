@@ -15,22 +15,21 @@ import torchvision
 from PIL import Image
 from torch import nn
 
-from efficientdet.anchors import generate_anchors
-from efficientdet.checkpoint import save_checkpoint
-from efficientdet.detector import Detector
-from efficientdet.export import (
+from efficientdet.cli.export import add_export_arguments, cmd_export
+from efficientdet.deploy.export import (
     OnnxMetadata,
-    add_export_arguments,
-    cmd_export,
     export_onnx,
     read_onnx_metadata,
 )
-from efficientdet.export_graph import PAD_LABEL, class_nms, padded_detections
-from efficientdet.model import EfficientDet
-from efficientdet.onnx_backend import OnnxDetector, build_predictor, resolve_backend
-from efficientdet.postprocess import PostprocessConfig, postprocess
-from efficientdet.predict import run_prediction
-from efficientdet.registry import create_model, get_config, list_models
+from efficientdet.deploy.export_graph import PAD_LABEL, class_nms, padded_detections
+from efficientdet.deploy.onnx_backend import OnnxDetector, build_predictor, resolve_backend
+from efficientdet.detection.anchors import generate_anchors
+from efficientdet.detection.detector import Detector
+from efficientdet.detection.postprocess import PostprocessConfig, postprocess
+from efficientdet.inference.predict import run_prediction
+from efficientdet.modeling.checkpoint import save_checkpoint
+from efficientdet.modeling.model import EfficientDet
+from efficientdet.modeling.registry import create_model, get_config, list_models
 
 ort = pytest.importorskip("onnxruntime")
 

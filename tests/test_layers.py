@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from efficientdet.layers import MaxPoolDown
-from efficientdet.necks.graph import Fusion
+from efficientdet.modeling.layers import MaxPoolDown
+from efficientdet.modeling.necks.graph import Fusion
 
 
 def padded_same_pool(x: torch.Tensor, factor: int) -> torch.Tensor:

@@ -8,11 +8,17 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from efficientdet.anchors import generate_anchors
-from efficientdet.boxes import box_iou, decode
 from efficientdet.config import AnchorConfig
-from efficientdet.loss import LossConfig, build_targets, compute_loss, focal_loss, huber_loss
-from efficientdet.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, Matcher
+from efficientdet.detection.anchors import generate_anchors
+from efficientdet.detection.boxes import box_iou, decode
+from efficientdet.detection.loss import (
+    LossConfig,
+    build_targets,
+    compute_loss,
+    focal_loss,
+    huber_loss,
+)
+from efficientdet.detection.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, Matcher
 
 IMAGE_SIZE = (128, 256)
 LEVELS = (3, 7)
@@ -72,7 +78,7 @@ def test_focal_loss_equals_torchvision_with_its_gradient() -> None:
 
 
 def test_focal_loss_sum_in_blocks_equals_the_masked_sum(monkeypatch) -> None:
-    import efficientdet.loss as loss_module
+    import efficientdet.detection.loss as loss_module
 
     monkeypatch.setattr(loss_module, "_FOCAL_BLOCK", 64)  # many blocks, a ragged last one
     g = torch.Generator().manual_seed(1)

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from efficientdet.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, Matcher, match_boxes
+from efficientdet.detection.matcher import (
+    BELOW_LOW_THRESHOLD,
+    BETWEEN_THRESHOLDS,
+    Matcher,
+    match_boxes,
+)
 
 NEG, IGN = BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS
 

@@ -4,7 +4,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import efficientdet as ed
 from efficientdet.config import feature_sizes
-from efficientdet.necks import (
+from efficientdet.modeling.necks import (
     NECKS,
     NodeSpec,
     bifpn_nodes,
@@ -16,11 +16,11 @@ from efficientdet.necks import (
     nasfpn_nodes,
     pafpn_nodes,
 )
-from efficientdet.necks.bfp import BalancedStep, NonLocal2d
-from efficientdet.necks.graph import validate_nodes
-from efficientdet.necks.mlfpn import TUM
-from efficientdet.necks.nasfpn import GlobalAttentionMerge
-from efficientdet.profile import count_parameters
+from efficientdet.modeling.necks.bfp import BalancedStep, NonLocal2d
+from efficientdet.modeling.necks.graph import validate_nodes
+from efficientdet.modeling.necks.mlfpn import TUM
+from efficientdet.modeling.necks.nasfpn import GlobalAttentionMerge
+from efficientdet.modeling.profile import count_parameters
 
 ALL_NECKS = ["bifpn", "fpn", "pafpn", "nasfpn", "bfp", "mlfpn", "asff", "efm", "fcfpn"]
 
@@ -233,7 +233,7 @@ def _b3_neck_cost(neck: str, repeats: int) -> tuple[int, int]:
 
 
 def test_relative_cost_close_to_the_papers_table_5() -> None:
-    """Table 5 (REFERENCE.md section 6): params / FLOPs relative to repeated top-down FPN."""
+    """Table 5 (docs/model-reference.md, section 6): params / FLOPs relative to repeated top-down FPN."""
     fpn = _b3_neck_cost("fpn", 12)
     pafpn = _b3_neck_cost("pafpn", 6)
     assert pafpn == fpn  # the paper: both 1.00x

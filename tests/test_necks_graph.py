@@ -1,13 +1,13 @@
 import pytest
 import torch
 
-from efficientdet.necks import BiFPN, NodeSpec, bifpn_nodes, cell_output_ids
-from efficientdet.necks.graph import Fusion, validate_nodes
+from efficientdet.modeling.necks import BiFPN, NodeSpec, bifpn_nodes, cell_output_ids
+from efficientdet.modeling.necks.graph import Fusion, validate_nodes
 
 
 def test_bifpn_node_list_p3_p7() -> None:
     nodes = bifpn_nodes(3, 7)
-    # inputs P3..P7 are ids 0..4; REFERENCE.md section 2
+    # inputs P3..P7 are ids 0..4; docs/model-reference.md, section 2
     assert nodes == [
         NodeSpec(6, (3, 4)),  # 5: P6td = f(P6in, up(P7in))
         NodeSpec(5, (2, 5)),  # 6: P5td

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from efficientdet.detector import Detector
-from efficientdet.model import EfficientDet
-from efficientdet.optimize import (
+from efficientdet.detection.detector import Detector
+from efficientdet.modeling.model import EfficientDet
+from efficientdet.modeling.optimize import (
     InferenceModel,
     UnsharedHeadNet,
     find_conv_bn_pairs,
@@ -17,7 +17,7 @@ from efficientdet.optimize import (
     fold_conv_bn_,
     optimize_for_inference,
 )
-from efficientdet.registry import create_model
+from efficientdet.modeling.registry import create_model
 
 
 def randomise_batchnorms(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from efficientdet.anchors import generate_anchors
-from efficientdet.boxes import box_iou, encode, flatten_level_outputs
 from efficientdet.config import AnchorConfig
-from efficientdet.postprocess import (
+from efficientdet.detection.anchors import generate_anchors
+from efficientdet.detection.boxes import box_iou, encode, flatten_level_outputs
+from efficientdet.detection.postprocess import (
     PostprocessConfig,
     class_aware_nms,
     letterbox_to_original,

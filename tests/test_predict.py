@@ -1,4 +1,4 @@
-"""Tests for efficientdet.predict: input discovery, images and videos end to end, failures."""
+"""Tests for efficientdet.inference.predict: input discovery, images and videos end to end, failures."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from efficientdet.predict import (
+from efficientdet.inference.predict import (
     PREDICTIONS_FILE,
     PredictionReport,
     collect_sources,
@@ -79,7 +79,7 @@ def test_collect_sources_files_globs_duplicates_and_missing(tmp_path, caplog):
         str(tmp_path / "nothing" / "*.jpg"),
         str(a),
     ]
-    with caplog.at_level(logging.WARNING, logger="efficientdet.predict"):
+    with caplog.at_level(logging.WARNING, logger="efficientdet.inference.predict"):
         found = collect_sources(patterns)
     assert found == [
         b, a, deep, odd, tmp_path / "missing.jpg", tmp_path / "nothing" / "*.jpg",
@@ -107,7 +107,7 @@ def test_run_prediction_images_with_a_corrupt_one(tmp_path, caplog):
     detector = FakeDetector()
     out_dir = tmp_path / "out"
 
-    with caplog.at_level(logging.WARNING, logger="efficientdet.predict"):
+    with caplog.at_level(logging.WARNING, logger="efficientdet.inference.predict"):
         report = run_prediction(
             detector, sources, out_dir, class_names=["bg", "thing"],
             label_to_category_id={0: 5, 1: 7}, batch_size=2, progress=False,
@@ -312,7 +312,7 @@ def test_run_prediction_cut_video_keeps_its_first_frames_and_warns(tmp_path, cap
     data = video.read_bytes()
     video.write_bytes(data[: len(data) // 2])
 
-    with caplog.at_level(logging.WARNING, logger="efficientdet.predict"):
+    with caplog.at_level(logging.WARNING, logger="efficientdet.inference.predict"):
         report = run_prediction(FakeDetector(), [video], tmp_path / "out", progress=False)
     assert report.videos == 1 and 0 < report.frames < 10
     assert "may be truncated" in caplog.text

@@ -1,4 +1,4 @@
-"""Tests for efficientdet.preprocess: reading every kind of input, letterboxing, box mapping."""
+"""Tests for efficientdet.detection.transform: reading every kind of input, letterboxing, box mapping."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from efficientdet.preprocess import (
+from efficientdet.detection.transform import (
     ImageReadError,
     LetterboxInfo,
     letterbox,

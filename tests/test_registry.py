@@ -4,9 +4,9 @@ import pytest
 
 import efficientdet as ed
 from efficientdet.config import ModelConfig
-from efficientdet.profile import profile_config
+from efficientdet.modeling.profile import profile_config
 
-# REFERENCE.md section 1 (params in millions, multiply-adds in billions; 90 classes).
+# docs/model-reference.md, section 1 (params in millions, multiply-adds in billions; 90 classes).
 PAPER = {
     "d0": (3.9, 2.54), "d1": (6.6, 6.10), "d2": (8.1, 11.0), "d3": (12.0, 24.9),
     "d4": (20.7, 55.2), "d5": (33.7, 135.0), "d6": (51.9, 226.0), "d7": (51.9, 325.0),
@@ -14,7 +14,7 @@ PAPER = {
     "lite0": (3.2, None), "lite1": (4.2, None), "lite2": (5.3, None), "lite3": (8.4, None),
     "lite3x": (9.3, None), "lite4": (15.1, None),
 }
-# REFERENCE.md lists D5 at 130B; the paper's Table 2 and the official README give 135B, and
+# an earlier reference sheet listed D5 at 130B; the paper's Table 2 and the official README give 135B, and
 # torch's counter finds 134.1B for the released D5 (B5, W=288, D=7, 1280 px), so the test
 # holds D5 to the 135B figure.
 

@@ -1,4 +1,4 @@
-"""The process-wide CPU allocator setting (efficientdet.runtime)."""
+"""The process-wide CPU allocator setting (efficientdet.deploy.runtime)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 PROBE = """
 import resource
 import torch
-from efficientdet.runtime import tune_cpu_allocator
+from efficientdet.deploy.runtime import tune_cpu_allocator
 print(tune_cpu_allocator())
 def step():
     a = torch.ones(16 * 2**20)
@@ -65,7 +65,7 @@ def test_unknown_setting_is_an_error() -> None:
 def test_cli_reports_a_bad_setting_clearly() -> None:
     env = dict(os.environ, EFFICIENTDET_CPU_ALLOCATOR="fast")
     result = subprocess.run(
-        [sys.executable, "-m", "efficientdet.cli", "list"], env=env, capture_output=True,
+        [sys.executable, "-m", "efficientdet.cli.main", "list"], env=env, capture_output=True,
         text=True, timeout=120,
     )
     assert result.returncode == 2

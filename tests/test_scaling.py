@@ -10,11 +10,13 @@ import math
 import pytest
 import torch
 
-from efficientdet import scaling
+import efficientdet as ed
+from efficientdet.cli import create as create_cli
 from efficientdet.config import ModelConfig
-from efficientdet.profile import profile_config
-from efficientdet.registry import get_config
-from efficientdet.scaling import (
+from efficientdet.modeling import scaling
+from efficientdet.modeling.profile import profile_config
+from efficientdet.modeling.registry import get_config
+from efficientdet.modeling.scaling import (
     BACKBONE_LADDERS,
     CompoundRules,
     compound_config,
@@ -31,7 +33,7 @@ from efficientdet.scaling import (
 TINY = "efficientdet_test"  # timm's test EfficientNet, W 16, D 1, head 1, 128 px
 
 # The fields where the released rows differ from the rules, from the paper's Table 1 (and,
-# for fusion, the official configurations): see the module docstring of efficientdet.scaling.
+# for fusion, the official configurations): see the module docstring of efficientdet.modeling.scaling.
 DOCUMENTED_DEPARTURES = {
     ("d2", "fpn_channels"): (120, 112),
     ("d4", "fpn_channels"): (216, 224),
@@ -202,7 +204,7 @@ def test_off_grid_base_grows_by_rounded_steps() -> None:
 
 
 def test_fractional_phi_builds_and_runs() -> None:
-    from efficientdet.model import EfficientDet
+    from efficientdet.modeling.model import EfficientDet
 
     config = compound_config(0.5, num_classes=3, image_size=(128, 128))
     assert (config.backbone, config.fpn_channels, config.fpn_repeats) == ("tf_efficientnet_b0", 72, 4)
@@ -219,9 +221,9 @@ def test_fractional_phi_builds_and_runs() -> None:
 
 
 def test_every_neck_scales() -> None:
-    from efficientdet.model import EfficientDet
-    from efficientdet.necks import NECKS
-    from efficientdet.profile import count_parameters
+    from efficientdet.modeling.model import EfficientDet
+    from efficientdet.modeling.necks import NECKS
+    from efficientdet.modeling.profile import count_parameters
 
     for neck in sorted(NECKS):
         config = compound_config(1, base=TINY, neck=neck)
@@ -291,7 +293,7 @@ def test_config_for_training() -> None:
 
 
 def test_info_for_phi_has_the_info_keys() -> None:
-    from efficientdet.cli import _info_row
+    from efficientdet.cli.main import _info_row
 
     info = info_for_phi(1.5, neck="fpn", base=TINY)
     assert set(info) == set(_info_row(TINY))
@@ -302,18 +304,18 @@ def test_info_for_phi_has_the_info_keys() -> None:
 
 
 def test_create_writes_a_checkpoint_that_load_trained_rebuilds(tmp_path) -> None:
-    from efficientdet.loading import load_trained
+    from efficientdet.inference.loading import load_trained
 
     names = tmp_path / "classes.txt"
     names.write_text("cat\ndog\nbird\n")
     out = tmp_path / "model.safetensors"
     parser = argparse.ArgumentParser()
-    scaling.add_create_arguments(parser)
+    create_cli.add_create_arguments(parser)
     args = parser.parse_args([
         "--phi", "1.5", "--base", TINY, "--neck", "pafpn", "--num-classes", "3",
         "--class-names", str(names), "--out", str(out),
     ])
-    assert scaling.cmd_create(args) == 0
+    assert create_cli.cmd_create(args) == 0
     loaded = load_trained(out)
     expected = compound_config(1.5, base=TINY, neck="pafpn", num_classes=3)
     assert loaded.model.config == expected
@@ -329,15 +331,23 @@ def test_create_rejects_mismatched_class_names(tmp_path) -> None:
     names = tmp_path / "classes.txt"
     names.write_text("cat\ndog\n")
     parser = argparse.ArgumentParser()
-    scaling.add_create_arguments(parser)
+    create_cli.add_create_arguments(parser)
     args = parser.parse_args([
         "--phi", "1", "--base", TINY, "--num-classes", "3", "--class-names", str(names),
         "--out", str(tmp_path / "m.safetensors"),
     ])
     with pytest.raises(ValueError, match="2 class names"):
-        scaling.cmd_create(args)
+        create_cli.cmd_create(args)
     assert not (tmp_path / "m.safetensors").exists()
 
 
-def test_compound_config_is_a_model_config() -> None:
-    assert isinstance(compound_config(1), ModelConfig)
+def test_compound_config_is_public_and_follows_the_rules_at_fractional_phi() -> None:
+    assert ed.compound_config is compound_config  # the README's efficientdet.compound_config
+    config = compound_config(2.5)
+    assert isinstance(config, ModelConfig)
+    # W = 64 * 1.35^2.5 = 135.5 -> a multiple of 8; D = 3 + 2.5 -> 5 (rounded half up: 6);
+    # head 3 + floor(2.5 / 3) = 3; input 512 + 128 * 2.5 = 832 -> a multiple of 128.
+    assert config.fpn_channels % 8 == 0 and abs(config.fpn_channels - 64 * 1.35**2.5) <= 8
+    assert config.fpn_repeats == scaled_depth(2.5) and config.head_repeats == 3
+    assert config.image_size == (scaled_resolution(2.5),) * 2 and config.image_size[0] % 128 == 0
+    assert compound_config(0).fpn_channels == 64 and compound_config(0).image_size == (512, 512)

@@ -10,17 +10,16 @@ import math
 import pytest
 import yaml
 
-from efficientdet.profile import profile_config
-from efficientdet.registry import get_config
-from efficientdet.scaling import CompoundRules
-from efficientdet.scaling_study import (
+from efficientdet.cli.scaling_study import add_scaling_study_arguments, cmd_scaling_study
+from efficientdet.modeling.profile import profile_config
+from efficientdet.modeling.registry import get_config
+from efficientdet.modeling.scaling import CompoundRules
+from efficientdet.studies.scaling_study import (
     STUDY_FILES,
     Profiler,
     StudySettings,
-    add_scaling_study_arguments,
     affine_depth_cost,
     baseline_config,
-    cmd_scaling_study,
     match_dimension,
     match_knob,
     plan_study,
@@ -176,7 +175,7 @@ def test_study_with_training_reports_ap(tmp_path, tiny_demo) -> None:
     assert all(r.ap is not None and 0.0 <= r.ap <= 1.0 for r in result.rows)
     assert all(r.config.num_classes == 10 for r in result.rows)  # the data's class count
     assert all(r.latency_ms is None for r in result.rows)
-    # The shared short training, with the demo's recipe (efficientdet.short_train).
+    # The shared short training, with the demo's recipe (efficientdet.studies.short_train).
     saved = yaml.safe_load((tmp_path / "runs" / result.rows[2].config.name / "config.yaml").read_text())
     assert saved["optim"]["optimizer"] == "adamw" and saved["run"]["max_steps"] == 1
     assert saved["model"]["pretrained_backbone"] is False

@@ -10,10 +10,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from efficientdet import registry
-from efficientdet.demo import RECIPE
-from efficientdet.registry import get_config, list_models
-from efficientdet.short_train import demo_data, model_settings, short_train, short_train_settings
+from efficientdet.modeling import registry
+from efficientdet.modeling.registry import get_config, list_models
+from efficientdet.studies.short_train import (
+    demo_data,
+    model_settings,
+    short_train,
+    short_train_settings,
+)
+from efficientdet.train.recipes import DEMO_RECIPE
 
 TINY = "efficientdet_test"
 LITE0 = "tf_efficientdet_lite0"
@@ -54,7 +59,7 @@ def test_settings_follow_the_demo_recipe() -> None:
     assert tiny["run"]["batch_size"] == 3
 
     # Keys it does not know pass through; overrides come last.
-    recipe = [*RECIPE, "data.new_option=3", "run.time_budget_minutes=3"]
+    recipe = [*DEMO_RECIPE, "data.new_option=3", "run.time_budget_minutes=3"]
     custom = short_train_settings(
         get_config(LITE0), 2, "r", data="d.yaml", recipe=recipe,
         overrides=["optim.lr=0.02", "model.freeze_backbone=0"],
@@ -63,7 +68,7 @@ def test_settings_follow_the_demo_recipe() -> None:
     assert custom["optim"]["lr"] == 0.02 and custom["model"]["freeze_backbone"] == 0
 
     # The backbone feature cache needs a frozen (so pretrained) backbone.
-    cached = [*RECIPE, "model.freeze_backbone=-1", "data.cache_features=true"]
+    cached = [*DEMO_RECIPE, "model.freeze_backbone=-1", "data.cache_features=true"]
     lite0 = short_train_settings(get_config(LITE0), 2, "r", data="d.yaml", recipe=cached)
     assert lite0["data"]["cache_features"] is True and lite0["model"]["freeze_backbone"] == -1
     tiny = short_train_settings(get_config(TINY), 2, "r", data="d.yaml", recipe=cached)

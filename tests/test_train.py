@@ -93,7 +93,7 @@ def test_resume_follows_the_same_trajectory(tiny_demo, tmp_path: Path) -> None:
 
 
 def test_non_finite_losses_are_skipped_then_stop_the_run(tiny_demo, tmp_path: Path, monkeypatch) -> None:
-    from efficientdet.detector import Detector
+    from efficientdet.detection.detector import Detector
 
     real = Detector.loss
     calls = {"n": 0}

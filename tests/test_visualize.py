@@ -1,4 +1,4 @@
-"""Tests for efficientdet.visualize: boxes land where they should, thresholds, grids."""
+"""Tests for efficientdet.inference.visualize: boxes land where they should, thresholds, grids."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from efficientdet.visualize import (
+from efficientdet.inference.visualize import (
     PALETTE,
     add_legend,
     color_for_label,

@@ -14,33 +14,35 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "AnchorConfig": "config",
     "ModelConfig": "config",
-    "Anchors": "anchors",
-    "generate_anchors": "anchors",
-    "load_checkpoint": "checkpoint",
-    "save_checkpoint": "checkpoint",
-    "Detector": "detector",
-    "EfficientDet": "model",
-    "create_model": "registry",
-    "get_config": "registry",
-    "list_models": "registry",
-    "register_model": "registry",
-    "load_trained": "loading",
-    "load_pretrained": "loading",
-    "pretrained_detector": "loading",
-    "list_pretrained": "pretrained",
-    "tune_cpu_allocator": "runtime",
+    "Anchors": "detection.anchors",
+    "generate_anchors": "detection.anchors",
+    "load_checkpoint": "modeling.checkpoint",
+    "save_checkpoint": "modeling.checkpoint",
+    "Detector": "detection.detector",
+    "EfficientDet": "modeling.model",
+    "create_model": "modeling.registry",
+    "get_config": "modeling.registry",
+    "list_models": "modeling.registry",
+    "register_model": "modeling.registry",
+    "load_trained": "inference.loading",
+    "load_pretrained": "inference.loading",
+    "pretrained_detector": "inference.loading",
+    "list_pretrained": "modeling.pretrained",
+    "tune_cpu_allocator": "deploy.runtime",
+    "compound_config": "modeling.scaling",
 }
 
 if TYPE_CHECKING:
-    from .anchors import Anchors, generate_anchors
-    from .checkpoint import load_checkpoint, save_checkpoint
     from .config import AnchorConfig, ModelConfig
-    from .detector import Detector
-    from .loading import load_pretrained, load_trained, pretrained_detector
-    from .model import EfficientDet
-    from .pretrained import list_pretrained
-    from .registry import create_model, get_config, list_models, register_model
-    from .runtime import tune_cpu_allocator
+    from .deploy.runtime import tune_cpu_allocator
+    from .detection.anchors import Anchors, generate_anchors
+    from .detection.detector import Detector
+    from .inference.loading import load_pretrained, load_trained, pretrained_detector
+    from .modeling.checkpoint import load_checkpoint, save_checkpoint
+    from .modeling.model import EfficientDet
+    from .modeling.pretrained import list_pretrained
+    from .modeling.scaling import compound_config
+    from .modeling.registry import create_model, get_config, list_models, register_model
 
 
 def __getattr__(name: str) -> Any:
@@ -63,6 +65,7 @@ __all__ = [
     "EfficientDet",
     "ModelConfig",
     "__version__",
+    "compound_config",
     "create_model",
     "generate_anchors",
     "get_config",

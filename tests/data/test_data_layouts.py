@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from efficientdet.cli import main
+from efficientdet.cli.main import main
 from efficientdet.data import load_dataset
 from efficientdet.data.sample import DataError
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from efficientdet.cli import main
+from efficientdet.cli.main import main
 
 # Pixels of the crafted decompression bomb: far above Pillow's limit (about 179 million
 # pixels raises), while the file itself is a few dozen bytes.

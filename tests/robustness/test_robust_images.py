@@ -26,7 +26,7 @@ from efficientdet.data import (
     check_dataset,
 )
 from efficientdet.data.sample import DetectionSample
-from efficientdet.preprocess import ImageReadError, load_image
+from efficientdet.detection.transform import ImageReadError, load_image
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
@@ -176,7 +176,7 @@ def test_predict_output_pictures_that_cannot_be_written_are_failures(
 def test_predictions_file_that_cannot_be_written_leaves_no_partial_file(
     cli, tiny_weights, image_corpus, tmp_path, monkeypatch
 ) -> None:
-    import efficientdet.predict as predict_module
+    import efficientdet.inference.predict as predict_module
 
     def disk_full(obj, fp, *args, **kwargs):
         fp.write("[")

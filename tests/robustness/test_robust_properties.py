@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from efficientdet.boxes import BBOX_XFORM_CLIP, box_iou, decode, encode
 from efficientdet.data import DataError, load_coco, load_yolo
-from efficientdet.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, Matcher
-from efficientdet.preprocess import LetterboxInfo, letterbox, scale_boxes_to_original
+from efficientdet.detection.boxes import BBOX_XFORM_CLIP, box_iou, decode, encode
+from efficientdet.detection.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, Matcher
+from efficientdet.detection.transform import LetterboxInfo, letterbox, scale_boxes_to_original
 
 FEW = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SOME = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])

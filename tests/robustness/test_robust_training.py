@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from efficientdet.checkpoint import atomic_write, read_checkpoint
+from efficientdet.modeling.checkpoint import atomic_write, read_checkpoint
 from efficientdet.train import LAST_WEIGHTS, STATE_FILE, Trainer, load_config
 
 SAVE_EVERY = 2

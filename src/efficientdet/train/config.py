@@ -1,6 +1,6 @@
 """Training configuration: typed sections, read from YAML with ``--set a.b=value`` overrides.
 
-Every option has a default from the official recipe (REFERENCE.md section 4); the resolved
+Every option has a default from the official recipe (docs/model-reference.md, section 4); the resolved
 configuration is saved next to the run's outputs.
 """
 

@@ -25,8 +25,8 @@ from torch import Tensor, nn
 
 from ..config import feature_sizes
 from ..data import DetectionData, DetectionDataset, build_transform
-from ..detector import BackboneFeatures
-from ..optimize import fold_batchnorms
+from ..detection.detector import BackboneFeatures
+from ..modeling.optimize import fold_batchnorms
 
 log = logging.getLogger(__name__)
 

@@ -18,14 +18,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
-from ..checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from ..data import DetectionData, DetectionDataset, build_transform, collate_detection, load_dataset
-from ..detector import BackboneFeatures, Detector
-from ..evaluate import evaluate_detector, format_metrics, write_eval_outputs
-from ..model import EfficientDet
-from ..optimize import optimize_for_inference
-from ..pretrained import fetch_weights
-from ..scaling import config_for_training
+from ..detection.detector import BackboneFeatures, Detector
+from ..inference.evaluate import evaluate_detector, format_metrics, write_eval_outputs
+from ..modeling.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from ..modeling.model import EfficientDet
+from ..modeling.optimize import optimize_for_inference
+from ..modeling.pretrained import fetch_weights
+from ..modeling.scaling import config_for_training
 from .config import TrainConfig, load_config, save_config
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from .ema import ModelEMA

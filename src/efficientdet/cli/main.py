@@ -1,0 +1,441 @@
+"""The ``efficientdet`` command line: thin subcommands that parse arguments and call the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..deploy.runtime import tune_cpu_allocator
+
+log = logging.getLogger("efficientdet")
+
+Command = Callable[[argparse.Namespace], int]
+_COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str) -> Callable[[Command], Command]:
+    def register(fn: Command) -> Command:
+        _COMMANDS[name] = fn
+        return fn
+
+    return register
+
+
+# ---- info / list -----------------------------------------------------------------------------
+
+
+def _info_row(name: str) -> dict[str, Any]:
+    from ..modeling.profile import info_row
+    from ..modeling.registry import get_config
+
+    return info_row(get_config(name))
+
+
+@command("info")
+def _cmd_info(args: argparse.Namespace) -> int:
+    from ..modeling.registry import list_models
+
+    if args.phi:
+        from ..modeling.scaling import info_for_phi
+
+        rows = [info_for_phi(phi, neck=args.neck) for phi in args.phi]
+    else:
+        names = list_models() if args.all or not args.names else args.names
+        rows = [_info_row(n) for n in names]
+    if args.json:
+        print(json.dumps(rows if len(rows) > 1 else rows[0], indent=2))
+        return 0
+    header = f"{'model':24s} {'input':>9s} {'params':>8s} {'GMACs':>8s} {'levels':>6s} {'W':>4s} {'D':>2s} {'head':>4s} {'fusion':>7s}  backbone"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        size = "x".join(str(s) for s in r["image_size"])
+        levels = "P{}-P{}".format(*r["levels"])
+        print(
+            f"{r['name']:24s} {size:>9s} {r['params_m']:>7.2f}M {r['gmacs']:>8.2f} {levels:>6s} "
+            f"{r['bifpn_width']:>4d} {r['bifpn_depth']:>2d} {r['head_depth']:>4d} {r['fusion']:>7s}  {r['backbone']}"
+        )
+    return 0
+
+
+@command("list")
+def _cmd_list(args: argparse.Namespace) -> int:
+    from ..modeling.registry import list_models
+
+    if not args.pretrained:
+        print("\n".join(list_models(args.pattern)))
+        return 0
+    from ..modeling.pretrained import PRETRAINED, base_url, cache_dir
+
+    names = [n for n in list_models(args.pattern) if n in PRETRAINED]
+
+    def ap(value: float | None) -> str:
+        return f"{value:.1f}" if value is not None else "-"
+
+    print(f"{'model':24s} {'size':>9s} {'AP effdet':>9s} {'AP TF':>6s}  cached")
+    for name in names:
+        row = PRETRAINED[name]
+        cached = "yes" if row.cache_path.is_file() else "no"
+        print(f"{name:24s} {row.size_mb:>6.1f} MB {ap(row.reference_ap):>9s} {ap(row.official_ap):>6s}  {cached}")
+    print(
+        "\nAP: COCO val2017 AP[.5:.95] (%) of these weights as published: 'AP effdet' by the "
+        "reference port\neffdet (hard NMS), 'AP TF' by the official TensorFlow release "
+        f"(soft-NMS); not measured here.\nweights from {base_url()}\ncache {cache_dir()}"
+    )
+    return 0
+
+
+# ---- data --------------------------------------------------------------------------------------
+
+
+@command("check-data")
+def _cmd_check_data(args: argparse.Namespace) -> int:
+    from ..data import check_dataset, format_report
+
+    # A path: an annotation file that cannot be read becomes a fatal problem in the report.
+    report = check_dataset(
+        args.data, split=args.split, input_size=args.image_size, decode_images=not args.no_decode
+    )
+    print(format_report(report))
+    return 1 if report.fatal else 0
+
+
+@command("demo-data")
+def _cmd_demo_data(args: argparse.Namespace) -> int:
+    from ..data import write_demo_dataset
+
+    files = write_demo_dataset(
+        args.out, seed=args.seed, num_train=args.num_train, num_val=args.num_val,
+        image_size=args.image_size,
+    )
+    print(f"wrote {files.data_yaml}")
+    return 0
+
+
+# ---- training and evaluation ---------------------------------------------------------------------
+
+
+@command("train")
+def _cmd_train(args: argparse.Namespace) -> int:
+    if args.nproc and args.nproc > 1:
+        from ..train.distributed import launch
+
+        argv = [a for a in sys.argv[1:]]
+        i = argv.index("--nproc")
+        del argv[i : i + 2]
+        return launch(args.nproc, argv)
+    from ..train import load_config, train
+
+    overrides = list(args.set or [])
+    if args.resume:
+        result = train(None, resume=args.resume) if not overrides else _resume_with(args.resume, overrides)
+    else:
+        config = load_config(args.config, overrides)
+        result = train(config)
+    print(f"{result.status}: {result.step}/{result.total_steps} steps in {result.seconds / 60:.1f} min; run folder {result.run_dir}")
+    if result.metrics:
+        print(f"validation AP {result.metrics['AP']:.4f}  AP50 {result.metrics['AP50']:.4f}")
+    return 0 if result.status == "finished" else 3
+
+
+def _resume_with(run_dir: str, overrides: list[str]) -> Any:
+    from ..train import Trainer
+
+    return Trainer.resume(run_dir, overrides=overrides).fit()
+
+
+@command("eval")
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..data import load_dataset
+    from ..detection.detector import Detector
+    from ..inference.evaluate import (
+        evaluate_detector,
+        format_metrics,
+        match_label_space,
+        write_eval_outputs,
+    )
+    from ..inference.loading import load_model
+
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise NotADirectoryError(f"{args.out}: --out exists and is not a folder")
+    loaded = load_model(
+        args.weights, model_name=args.model, pretrained=args.pretrained,
+        image_size=_size(args.image_size),
+    )
+    # COCO reads its own categories; a pretrained model's 90 names are no class table for VOC/YOLO.
+    data = load_dataset(
+        args.data, args.split, class_names=None if args.pretrained else loaded.class_names
+    )
+    label_to_category_id = match_label_space(
+        loaded.class_names, loaded.label_to_category_id, loaded.model.config.num_classes, data,
+        source=args.weights or f"{args.model} (pretrained)", data_source=args.data,
+    )
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    detector = Detector(loaded.model, nms=args.nms, max_detections=args.max_detections).to(device)
+    cfg = loaded.model.config
+    result, results = evaluate_detector(
+        detector, data, image_size=cfg.image_size, mean=cfg.mean, std=cfg.std,
+        batch_size=args.batch_size, device=device, progress=sys.stderr.isatty(),
+        label_to_category_id=label_to_category_id,
+    )
+    print(format_metrics(result))
+    if result.error_analysis is not None:
+        print(result.error_analysis.summary_line())
+    if args.out:
+        paths = write_eval_outputs(result, args.out, results, data.samples)
+        print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    for problem in result.unreadable:
+        print(f"  failed: {problem}", file=sys.stderr)
+    return 1 if result.unreadable else 0
+
+
+def _size(value: list[int] | None) -> tuple[int, int] | None:
+    if not value:
+        return None
+    if len(value) > 2:
+        raise ValueError(f"--image-size takes H or H W, got {len(value)} values")
+    if len(value) == 1:
+        return (value[0], value[0])
+    return (value[0], value[1])
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: a positive integer, refused with a clear message otherwise."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+# ---- prediction ------------------------------------------------------------------------------
+
+
+def _read_class_file(path: str) -> list[str]:
+    names = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    if not names:
+        raise ValueError(f"{path}: no class names (one per line expected)")
+    return names
+
+
+@command("predict")
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from ..deploy.onnx_backend import build_predictor
+    from ..inference.predict import collect_sources, run_prediction
+
+    predictor = build_predictor(
+        args.weights, backend=args.backend, model_name=args.model, pretrained=args.pretrained,
+        image_size=_size(args.image_size), nms=args.nms, max_detections=args.max_detections,
+        score_threshold=min(args.score_threshold, 0.001) if args.all_scores else args.score_threshold,
+        device=args.device, optimize=args.optimize,
+    )
+    class_names = _read_class_file(args.classes) if args.classes else predictor.class_names
+    if class_names is not None and len(class_names) != predictor.num_classes:
+        raise ValueError(
+            f"{len(class_names)} class names for a model with {predictor.num_classes} classes"
+        )
+    sources = collect_sources(args.sources)
+    report = run_prediction(
+        predictor.predict_fn, sources, args.out, class_names=class_names,
+        label_to_category_id=predictor.label_to_category_id, score_threshold=args.score_threshold,
+        batch_size=args.batch_size, progress=not args.quiet,
+    )
+    print(report.summary())
+    for failure in report.failures:
+        print(f"  failed: {failure.path}: {failure.reason}", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+# ---- the demo ----------------------------------------------------------------------------------
+
+
+@command("demo")
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    result = run_demo(args.out, data_dir=args.data_dir, minutes=args.minutes, extra=args.set or [])
+    m = result.metrics
+    print(
+        f"demo finished in {result.minutes:.1f} min: validation AP {m['AP']:.3f}, AP50 {m['AP50']:.3f}\n"
+        f"report: {result.report}"
+    )
+    return 0
+
+
+# ---- research commands -------------------------------------------------------------------------
+
+
+@command("ablate")
+def _cmd_ablate(args: argparse.Namespace) -> int:
+    from .ablate import cmd_ablate
+
+    return cmd_ablate(args)
+
+
+@command("create")
+def _cmd_create(args: argparse.Namespace) -> int:
+    from .create import cmd_create
+
+    return cmd_create(args)
+
+
+@command("scaling-study")
+def _cmd_scaling_study(args: argparse.Namespace) -> int:
+    from .scaling_study import cmd_scaling_study
+
+    return cmd_scaling_study(args)
+
+
+@command("export")
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import cmd_export
+
+    return cmd_export(args)
+
+
+# ---- parser ------------------------------------------------------------------------------------
+
+
+_PRETRAINED_HELP = (
+    "use the published COCO weights of --model (downloaded once into $TORCH_HOME/hub/"
+    "checkpoints) instead of --weights"
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="efficientdet",
+        description="EfficientDet object detection: models, training, evaluation, prediction, export.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("info", help="parameters, FLOPs and structure of models")
+    p.add_argument("names", nargs="*", metavar="NAME", help="model names (default: all)")
+    p.add_argument("--all", action="store_true", help="every registered model")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--phi", type=float, action="append", help="a compound-scaled model (repeatable)")
+    p.add_argument("--neck", help="neck for --phi models")
+
+    from .ablate import add_ablate_arguments
+    from .create import add_create_arguments
+    from .export import add_export_arguments
+    from .scaling_study import add_scaling_study_arguments
+
+    add_ablate_arguments(sub.add_parser("ablate", help="compare the feature networks (necks)"))
+    add_export_arguments(
+        sub.add_parser("export", help="export to ONNX (decoding and NMS inside unless --raw)")
+    )
+    add_create_arguments(
+        sub.add_parser("create", help="build a compound-scaled model (any phi) and save it")
+    )
+    add_scaling_study_arguments(
+        sub.add_parser("scaling-study", help="compound vs single-dimension scaling at matched FLOPs")
+    )
+
+    p = sub.add_parser("list", help="list registered model names")
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'tf_*'")
+    p.add_argument("--pretrained", action="store_true",
+                   help="only models with published COCO weights: file size and reference AP")
+
+    p = sub.add_parser("check-data", help="validate a dataset before a long run")
+    p.add_argument(
+        "--data", required=True,
+        help="COCO .json, data.yaml, or a dataset folder as Roboflow, CVAT, Label Studio, "
+        "Ultralytics or supervision export it",
+    )
+    p.add_argument("--split", default="train")
+    p.add_argument("--image-size", type=_positive_int, default=512, help="network input used for the level histogram")
+    p.add_argument("--no-decode", action="store_true", help="check image headers only (faster)")
+
+    p = sub.add_parser("demo-data", help="write the bundled digit-scenes dataset (COCO format)")
+    p.add_argument("--out", default="data/digit-scenes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-train", type=int, default=1600)
+    p.add_argument("--num-val", type=int, default=250)
+    p.add_argument("--image-size", type=_positive_int, default=320)
+
+    p = sub.add_parser("train", help="train on a dataset (YAML config + --set overrides)")
+    p.add_argument("--config", help="YAML file with model/data/optim/run sections")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override, repeatable")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run where it stopped")
+    p.add_argument("--nproc", type=int, default=0, help="launch N processes with torchrun (DDP)")
+
+    p = sub.add_parser("predict", help="detect objects in images, folders, globs and videos")
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="image files, folders, globs, videos")
+    p.add_argument("--weights", help="trained checkpoint (.safetensors), effdet state dict or .onnx export")
+    p.add_argument("--model", help="architecture, when the weights file does not record it")
+    p.add_argument("--pretrained", action="store_true", help=_PRETRAINED_HELP)
+    p.add_argument("--classes", help="text file with one class name per line")
+    p.add_argument("--out", required=True, help="output folder (pictures and predictions.json)")
+    p.add_argument("--score-threshold", type=float, default=0.3, help="draw and keep detections above this")
+    p.add_argument("--all-scores", action="store_true", help="write every detection to the JSON (evaluation)")
+    p.add_argument("--max-detections", type=int, default=100)
+    p.add_argument("--nms", choices=["hard", "soft"], default="hard")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--image-size", type=_positive_int, nargs="+", metavar="SIDE", help="H [W] of the network input")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--backend", choices=["auto", "pytorch", "onnxruntime"], default="auto",
+                   help="auto: ONNX Runtime for .onnx weights, PyTorch otherwise")
+    p.add_argument("--optimize", action="store_true",
+                   help="PyTorch: fold BN, channels-last (same detections, faster on CPU)")
+
+    p = sub.add_parser("demo", help="the main job: train Lite0 on the bundled data and report")
+    p.add_argument("--out", default="runs/demo", help="run folder with the report")
+    p.add_argument("--data-dir", default="data/digit-scenes", help="where the demo data is written")
+    p.add_argument("--minutes", type=float, default=10.5, help="training time budget")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="recipe override")
+
+    p = sub.add_parser("eval", help="COCO metrics of trained weights on a dataset")
+    p.add_argument("--weights", help="trained checkpoint (.safetensors) or effdet state dict")
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="val")
+    p.add_argument("--model", help="architecture, when the weights file does not record it")
+    p.add_argument("--pretrained", action="store_true", help=_PRETRAINED_HELP)
+    p.add_argument("--out", help="folder for metrics.json, detections.json, report.md and the error "
+                   "analysis (confusion matrix, PR curves, F1-best thresholds, error galleries)")
+    p.add_argument("--image-size", type=_positive_int, nargs="+", metavar="SIDE")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--nms", choices=["hard", "soft"], default="hard")
+    p.add_argument("--max-detections", type=int, default=100)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s"
+    )
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        tune_cpu_allocator()
+        return _COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, RuntimeError) as err:
+        if args.verbose:
+            raise
+        print(f"efficientdet {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

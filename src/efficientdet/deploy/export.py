@@ -1,0 +1,335 @@
+"""ONNX export: the network with decoding and NMS inside the graph, or its raw outputs.
+
+The exported graph takes ``images: float32[B, 3, H, W]``, already letterboxed and normalised
+(:mod:`efficientdet.detection.transform`), and by default returns ``detections: float32[B, D, 6]``
+with ``D = max_detections`` rows per image ``(x1, y1, x2, y2, score, class)`` in network-input
+pixels, best first. Rows past an image's last detection are padding: all zeros except
+``class = -1`` (:data:`PAD_LABEL`), so ``score > 0`` (or ``class >= 0``) marks the real ones.
+
+Pre-processing stays outside the graph and is described in the file's ``metadata_props``
+(input size, mean, std, class names, model name, format version); :func:`read_onnx_metadata`
+reads them back. ``with_nms=False`` exports the raw per-level head outputs instead
+(``class_P3 .. class_P7``, ``box_P3 .. box_P7``).
+
+Export uses the ``torch.export`` based exporter (``torch.onnx.export(dynamo=True)``): the
+TF-SAME padding of the ``tf_`` backbones is computed from static spatial sizes, so it becomes
+constants; only the batch may be dynamic.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from ..config import check_image_size
+from .onnx_format import DETECTIONS_TENSOR, KIND_DETECTIONS, KIND_RAW, PAD_LABEL
+
+if TYPE_CHECKING:  # torch is imported where it is used: `efficientdet --help` stays quick
+    from torch import nn
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DETECTIONS_TENSOR",
+    "KIND_DETECTIONS",
+    "KIND_RAW",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "INPUT_NAME",
+    "PAD_LABEL",
+    "OnnxMetadata",
+    "export_onnx",
+    "read_onnx_metadata",
+]
+
+FORMAT_NAME = "efficientdet-onnx"
+FORMAT_VERSION = 1
+INPUT_NAME = "images"
+DEFAULT_OPSET = 18
+PREPROCESS_NOTE = (
+    "RGB; letterbox: scale = min(H / h, W / w), bilinear resize with antialias to "
+    "(round(h * scale), round(w * scale)) at the top-left; normalise (pixel / 255 - mean) / std "
+    "per channel; pad the rest of the H x W input with 0 (after normalisation); NCHW float32. "
+    "Boxes map back to the original image as box / scale."
+)
+
+BatchSpec = int | Literal["dynamic"]
+
+
+def require(module: str) -> Any:
+    """Import one of the ONNX extras, or raise a RuntimeError saying how to install them."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise RuntimeError(
+            f"ONNX export and ONNX Runtime need {module!r}, which is not installed: "
+            "pip install 'efficientdet[onnx]' (onnx, onnxscript, onnxruntime)"
+        ) from err
+
+
+# ---- metadata --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OnnxMetadata:
+    """What an exported file says about itself (its ``metadata_props``).
+
+    Attributes:
+        format_version: :data:`FORMAT_VERSION` of the writer.
+        model_name: registry name of the architecture.
+        image_size: ``(H, W)`` the graph takes.
+        mean, std: per-channel normalisation in 0..1 pixel units.
+        num_classes: C; labels are ``0..C-1``.
+        levels: pyramid levels of the raw outputs.
+        output: ``"detections"`` (decoding and NMS inside) or ``"raw"``.
+        batch: the fixed batch size, or ``None`` for a dynamic batch.
+        class_names: names by label, if known.
+        label_to_category_id: dataset category id by label, if known.
+        score_threshold, pre_nms_top_k, max_detections, iou_threshold: the in-graph
+            post-processing (``None`` for raw exports).
+        pad_label: class value of padding rows.
+        preprocess: how to make the input, in words.
+    """
+
+    format_version: int
+    model_name: str
+    image_size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    num_classes: int
+    levels: tuple[int, ...]
+    output: str
+    batch: int | None
+    class_names: list[str] | None = None
+    label_to_category_id: list[int] | None = None
+    score_threshold: float | None = None
+    pre_nms_top_k: int | None = None
+    max_detections: int | None = None
+    iou_threshold: float | None = None
+    pad_label: int = PAD_LABEL
+    preprocess: str = PREPROCESS_NOTE
+
+    def to_props(self) -> dict[str, str]:
+        """``metadata_props`` entries: every value JSON-encoded, plus the format name."""
+        props = {"format": json.dumps(FORMAT_NAME)}
+        for name in self.__dataclass_fields__:
+            props[name] = json.dumps(getattr(self, name))
+        return props
+
+    @classmethod
+    def from_props(cls, props: Mapping[str, str], source: str = "ONNX file") -> OnnxMetadata:
+        """Parse ``metadata_props`` written by :meth:`to_props`; raises ``ValueError``."""
+        try:
+            fmt = json.loads(props.get("format", "null"))
+        except ValueError:
+            fmt = None
+        if fmt != FORMAT_NAME:
+            raise ValueError(
+                f"{source}: not an efficientdet export (no metadata format {FORMAT_NAME!r}); "
+                "export it with `efficientdet export`"
+            )
+        try:
+            values = {k: json.loads(props[k]) for k in cls.__dataclass_fields__ if k in props}
+        except ValueError as err:
+            raise ValueError(f"{source}: unreadable metadata: {err}") from err
+        version = int(values.get("format_version", 0))
+        if version > FORMAT_VERSION:
+            raise ValueError(
+                f"{source}: written by a newer efficientdet (ONNX format {version}, this version "
+                f"reads up to {FORMAT_VERSION}); upgrade the package"
+            )
+        for key in ("image_size", "mean", "std", "levels"):
+            if key in values:
+                values[key] = tuple(values[key])
+        try:
+            return cls(**values)
+        except TypeError as err:
+            raise ValueError(f"{source}: incomplete metadata: {err}") from err
+
+
+def read_onnx_metadata(path: str | Path) -> OnnxMetadata:
+    """The :class:`OnnxMetadata` of an exported file (reads the graph, not the weights)."""
+    onnx = require("onnx")
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such ONNX file")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # protobuf raises its own DecodeError
+        raise ValueError(f"{path}: not a readable ONNX file ({err})") from err
+    props = {p.key: p.value for p in proto.metadata_props}
+    return OnnxMetadata.from_props(props, str(path))
+
+
+# ---- export ----------------------------------------------------------------------------------
+
+
+def _check_batch(batch: BatchSpec) -> int | None:
+    if batch == "dynamic":
+        return None
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be a positive integer or 'dynamic', got {batch!r}")
+    return batch
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    image_size: tuple[int, int] | None = None,
+    batch: BatchSpec = 1,
+    with_nms: bool = True,
+    score_threshold: float = 0.001,
+    pre_nms_top_k: int = 5000,
+    max_detections: int = 100,
+    iou_threshold: float = 0.5,
+    class_names: Sequence[str] | None = None,
+    label_to_category_id: Sequence[int] | None = None,
+    opset: int = DEFAULT_OPSET,
+) -> OnnxMetadata:
+    """Write ``model`` as an ONNX file.
+
+    Args:
+        model: an :class:`~efficientdet.modeling.model.EfficientDet` (anything returning per-level
+            ``(class_outputs, box_outputs)`` with a ``ModelConfig`` as ``model.config``). It is
+            exported in evaluation mode; its mode is restored afterwards.
+        path: the ``.onnx`` file to write (weights inside the file).
+        image_size: ``(H, W)`` of the input, default ``model.config.image_size``.
+        batch: a fixed batch size, or ``"dynamic"``.
+        with_nms: ``True``: output ``detections: float32[B, max_detections, 6]`` rows
+            ``(x1, y1, x2, y2, score, class)`` in input pixels, padding rows 0 with class
+            :data:`PAD_LABEL`. ``False``: the raw outputs ``class_P{l}: [B, A * C, H_l, W_l]``
+            and ``box_P{l}: [B, A * 4, H_l, W_l]`` per level.
+        score_threshold: candidates at or below this score are dropped before NMS.
+        pre_nms_top_k: (anchor, class) candidates per image kept before NMS.
+        max_detections: rows per image.
+        iou_threshold: class-aware NMS IoU threshold.
+        class_names: names by label, stored in the metadata.
+        label_to_category_id: dataset category id by label, stored in the metadata.
+        opset: ONNX opset (NonMaxSuppression needs >= 11; the exporter targets >= 18).
+
+    Returns:
+        The :class:`OnnxMetadata` written into the file.
+    """
+    import torch
+
+    from .export_graph import DetectionExport, RawExport, model_config, onnx_translations
+
+    require("onnx")
+    require("onnxscript")
+
+    config = model_config(model)
+    size = tuple(int(s) for s in (image_size or config.image_size))
+    if len(size) != 2:
+        raise ValueError(f"image_size must be (H, W), got {image_size!r}")
+    size_hw = (size[0], size[1])
+    check_image_size(size_hw, config.max_level)
+    fixed_batch = _check_batch(batch)
+    if class_names is not None and len(class_names) != config.num_classes:
+        raise ValueError(
+            f"{len(class_names)} class names for a model with {config.num_classes} classes"
+        )
+    wrapper: nn.Module
+    if with_nms:
+        wrapper = DetectionExport(
+            model,
+            size_hw,
+            score_threshold=score_threshold,
+            pre_nms_top_k=pre_nms_top_k,
+            max_detections=max_detections,
+            iou_threshold=iou_threshold,
+        )
+        output_names = [DETECTIONS_TENSOR]
+    else:
+        wrapper = RawExport(model)
+        output_names = [f"{kind}_P{lv}" for kind in ("class", "box") for lv in config.levels]
+    metadata = OnnxMetadata(
+        format_version=FORMAT_VERSION,
+        model_name=config.name,
+        image_size=size_hw,
+        mean=config.mean,
+        std=config.std,
+        num_classes=config.num_classes,
+        levels=config.levels,
+        output=KIND_DETECTIONS if with_nms else KIND_RAW,
+        batch=fixed_batch,
+        class_names=list(class_names) if class_names is not None else None,
+        label_to_category_id=(
+            [int(i) for i in label_to_category_id] if label_to_category_id is not None else None
+        ),
+        score_threshold=float(score_threshold) if with_nms else None,
+        pre_nms_top_k=int(pre_nms_top_k) if with_nms else None,
+        max_detections=int(max_detections) if with_nms else None,
+        iou_threshold=float(iou_threshold) if with_nms else None,
+    )
+
+    # A dynamic batch is traced with 2 images: torch.export specialises a size of 1.
+    example_batch = fixed_batch if fixed_batch is not None else 2
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    images = torch.zeros(example_batch, 3, *size_hw, device=device)
+    dynamic_shapes = None
+    if fixed_batch is None:
+        dynamic_shapes = {"images": {0: torch.export.Dim("batch", min=1, max=1024)}}
+    was_training = model.training
+    model.eval()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore", category=UserWarning)
+            warnings.simplefilter("ignore", category=FutureWarning)
+            program = torch.onnx.export(
+                wrapper,
+                (images,),
+                input_names=[INPUT_NAME],
+                output_names=output_names,
+                opset_version=opset,
+                dynamo=True,
+                dynamic_shapes=dynamic_shapes,
+                custom_translation_table=onnx_translations(),
+                external_data=False,
+                verbose=False,
+            )
+    finally:
+        model.train(was_training)
+    if program is None:
+        raise RuntimeError("torch.onnx.export returned no program")
+    proto = program.model_proto
+    _set_metadata(proto, metadata)
+    _write_proto(proto, Path(path))
+    return metadata
+
+
+def _set_metadata(proto: Any, metadata: OnnxMetadata) -> None:
+    del proto.metadata_props[:]
+    for key, value in metadata.to_props().items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name = "efficientdet"
+    if metadata.output == KIND_DETECTIONS:
+        proto.doc_string = (
+            f"{metadata.model_name}: {INPUT_NAME} float32[B, 3, {metadata.image_size[0]}, "
+            f"{metadata.image_size[1]}] -> {DETECTIONS_TENSOR} float32[B, "
+            f"{metadata.max_detections}, 6] rows (x1, y1, x2, y2, score, class) in input pixels; "
+            f"padding rows 0 with class {PAD_LABEL}. Input: {PREPROCESS_NOTE}"
+        )
+    else:
+        proto.doc_string = (
+            f"{metadata.model_name}: raw head outputs per level P{metadata.levels[0]}-"
+            f"P{metadata.levels[-1]}. Input: {PREPROCESS_NOTE}"
+        )
+
+
+def _write_proto(proto: Any, path: Path) -> None:
+    onnx = require("onnx")
+
+    from ..modeling.checkpoint import atomic_write
+
+    atomic_write(path, lambda tmp: onnx.save_model(proto, tmp))

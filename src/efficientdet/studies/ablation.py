@@ -1,0 +1,595 @@
+"""Feature-network ablation: the paper's Table 5 (params, FLOPs of each neck) and Table 6
+speed column (fusion methods), measured on this code, plus CPU latency.
+
+The same detector (backbone, P6/P7 generation, class/box heads) is built with each neck.
+Sizes and costs are counted on the meta device (no memory, no time); latency is measured on
+the CPU with real weights. The results are printed and written as Markdown, CSV and a PNG
+chart. ``efficientdet ablate`` (:mod:`efficientdet.cli.ablate`) is a thin wrapper around
+:func:`run_ablation`.
+
+Repeats: the paper does not print how often each network is repeated in its Table 5. Its
+"repeated top-down FPN" and "repeated FPN + PANet" rows have the same parameters and FLOPs
+(1.00x), which a top-down cell (one node per level) only matches when repeated twice as often
+as a PANet cell (two nodes per level); so FPN gets ``2 * repeats`` cells and every other
+neck ``repeats`` (:data:`REPEAT_FACTOR`). At the B3 size ``repeats`` is EfficientDet-D3's
+BiFPN depth, 6.
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+from torch.utils.flop_counter import FlopCounterMode
+
+from ..config import ModelConfig
+from ..modeling.model import EfficientDet
+from ..modeling.necks import NECKS
+from ..modeling.profile import count_multiply_adds, count_parameters
+from ..modeling.registry import get_config
+
+if TYPE_CHECKING:
+    from .short_train import ShortTrainResult
+
+ABLATION_NECKS = ("fpn", "pafpn", "nasfpn", "fcfpn", "bifpn", "bfp", "mlfpn", "asff", "efm")
+FUSION_COMPARISON = ("fast", "softmax", "sum")  # BiFPN rows (the paper's Table 6)
+REFERENCE_NECK = "fpn"  # Table 5's 1.00x row
+REPEAT_FACTOR = {"fpn": 2}  # cells per PANet-sized cell; see the module docstring
+DEFAULT_FUSION = "fast"
+
+# Trains a detector configuration for some steps in a run folder, returns its validation AP
+# (e.g. efficientdet.studies.short_train.short_train with the data bound).
+TrainFn = Callable[[ModelConfig, int, Path], "ShortTrainResult"]
+
+
+@dataclass(frozen=True)
+class AblationSetting:
+    """A detector size: registry ``model`` (backbone, heads) with the neck's ``width``, base
+    ``repeats`` and the input ``image_size`` ``(H, W)``."""
+
+    name: str
+    model: str
+    width: int
+    repeats: int
+    image_size: tuple[int, int]
+
+    def describe(self) -> str:
+        config = get_config(self.model)
+        h, w = self.image_size
+        return (
+            f"{self.name}: {config.backbone} backbone, width {self.width}, repeats {self.repeats}, "
+            f"{h}x{w} input, heads of {self.model} ({config.head_repeats} repeats)"
+        )
+
+
+B3_SETTING = AblationSetting("B3", "tf_efficientdet_d3", 160, 6, (896, 896))
+D0_SETTING = AblationSetting("D0", "tf_efficientdet_d0", 64, 3, (512, 512))
+LITE0_SETTING = AblationSetting("Lite0", "tf_efficientdet_lite0", 64, 3, (320, 320))
+# What ``efficientdet ablate`` measures: params/FLOPs at both sizes, latency at D0, and with
+# --train-steps the AP at Lite0 (the one backbone with ImageNet weights on disk; the demo's).
+DEFAULT_COST_SETTINGS: tuple[AblationSetting, ...] = (B3_SETTING, D0_SETTING)
+DEFAULT_LATENCY_SETTING = D0_SETTING
+DEFAULT_TRAIN_SETTING = LITE0_SETTING
+
+
+@dataclass(frozen=True)
+class PaperRow:
+    """The paper's Table 5 row (COCO val AP, EfficientNet-B3, relative to repeated FPN)."""
+
+    label: str
+    params_ratio: float
+    flops_ratio: float
+    ap: float
+
+
+def paper_row(neck: str, fusion: str) -> PaperRow | None:
+    """The Table 5 row comparable to ``neck`` with ``fusion`` (docs/model-reference.md, section 6)."""
+    if neck == "bifpn":
+        if fusion == "sum":
+            return PaperRow("BiFPN without weights", 0.88, 0.67, 43.94)
+        if fusion == "fast":
+            return PaperRow("BiFPN with weights", 0.88, 0.68, 44.39)
+        return None
+    return {
+        "fpn": PaperRow("repeated top-down FPN", 1.00, 1.00, 42.29),
+        "pafpn": PaperRow("repeated FPN + PANet", 1.00, 1.00, 44.08),
+        "nasfpn": PaperRow("NAS-FPN", 0.71, 0.72, 43.16),
+        "fcfpn": PaperRow("fully-connected FPN", 1.24, 1.21, 43.06),
+    }.get(neck)
+
+
+@dataclass(frozen=True)
+class NeckCost:
+    """Size and multiply-adds of the neck alone and of the whole detector at one setting."""
+
+    repeats: int
+    params: int
+    macs: int
+    model_params: int
+    model_macs: int
+    params_ratio: float = float("nan")  # relative to the reference neck at this setting
+    macs_ratio: float = float("nan")
+
+
+@dataclass
+class AblationRow:
+    """One neck (with one fusion method) across the settings."""
+
+    neck: str
+    fusion: str
+    costs: dict[str, NeckCost] = field(default_factory=dict)  # by setting name
+    latency: Latency | None = None  # CPU latency at the latency setting
+    ap: float | None = None  # validation AP after the short training
+    pretrained_backbone: bool | None = None  # whether that training started from ImageNet weights
+
+    @property
+    def label(self) -> str:
+        return self.neck if self.fusion == DEFAULT_FUSION else f"{self.neck}/{self.fusion}"
+
+    @property
+    def paper(self) -> PaperRow | None:
+        return paper_row(self.neck, self.fusion)
+
+    def as_dict(self) -> dict[str, object]:
+        """A flat record for the CSV (one column per setting and measure)."""
+        out: dict[str, object] = {"neck": self.neck, "fusion": self.fusion}
+        for name, cost in self.costs.items():
+            out[f"{name}_repeats"] = cost.repeats
+            out[f"{name}_neck_params"] = cost.params
+            out[f"{name}_neck_macs"] = cost.macs
+            out[f"{name}_params_ratio"] = round(cost.params_ratio, 4)
+            out[f"{name}_macs_ratio"] = round(cost.macs_ratio, 4)
+            out[f"{name}_model_params"] = cost.model_params
+            out[f"{name}_model_macs"] = cost.model_macs
+        paper = self.paper
+        out["paper_params_ratio"] = paper.params_ratio if paper else ""
+        out["paper_flops_ratio"] = paper.flops_ratio if paper else ""
+        out["paper_ap"] = paper.ap if paper else ""
+        lat = self.latency
+        out["neck_ms"] = _round(lat.neck_ms if lat else None)
+        out["model_ms"] = _round(lat.model_ms if lat else None)
+        out["neck_best_ms"] = _round(lat.neck_best_ms if lat else None)
+        out["model_best_ms"] = _round(lat.model_best_ms if lat else None)
+        out["neck_cpu_ms"] = _round(lat.neck_cpu_ms if lat else None)
+        out["model_cpu_ms"] = _round(lat.model_cpu_ms if lat else None)
+        out["ap"] = _round(self.ap, 4)
+        pretrained = self.pretrained_backbone
+        out["pretrained_backbone"] = "" if pretrained is None else str(pretrained).lower()
+        return out
+
+
+def _round(value: float | None, digits: int = 2) -> object:
+    return "" if value is None else round(value, digits)
+
+
+def ablation_config(setting: AblationSetting, neck: str, fusion: str = DEFAULT_FUSION) -> ModelConfig:
+    """The detector configuration for ``neck`` at ``setting`` (FPN gets twice the repeats)."""
+    if neck not in NECKS:
+        raise ValueError(f"neck {neck!r} is not one of {', '.join(map(repr, sorted(NECKS)))}")
+    return get_config(
+        setting.model,
+        neck=neck,
+        fusion=fusion,
+        fpn_channels=setting.width,
+        fpn_repeats=setting.repeats * REPEAT_FACTOR.get(neck, 1),
+        image_size=setting.image_size,
+    )
+
+
+def neck_inputs(model: EfficientDet, images: Tensor) -> list[Tensor]:
+    """The neck's inputs for ``images: Tensor[B, 3, H, W]``: backbone taps plus extra levels,
+    one ``Tensor[B, C_l, H_l, W_l]`` per level."""
+    features = list(model.backbone(images))
+    for extra in model.extra_levels:
+        features.append(extra(features[-1]))
+    return features
+
+
+def measure_cost(config: ModelConfig) -> NeckCost:
+    """Parameters and multiply-adds of ``config``'s neck alone and of the whole network,
+    counted on the meta device (batch 1, ``config.image_size``)."""
+    with torch.device("meta"):
+        model = EfficientDet(config)
+    model.eval()
+    images = torch.zeros(1, 3, *config.image_size, device="meta")
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad():
+        features = neck_inputs(model, images)
+        with counter:
+            model.neck(features)
+    return NeckCost(
+        repeats=config.fpn_repeats,
+        params=count_parameters(model.neck),
+        macs=counter.get_total_flops() // 2,
+        model_params=count_parameters(model),
+        model_macs=count_multiply_adds(model, config.image_size),
+    )
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Milliseconds of the neck alone and of the whole network.
+
+    ``*_ms`` / ``*_best_ms``: median / fastest wall-clock run at the current thread count.
+    ``*_cpu_ms``: median single-thread CPU time (``time.thread_time``), which other processes
+    on a shared machine hardly change: the steadier number for comparing necks there.
+    """
+
+    neck_ms: float
+    model_ms: float
+    neck_best_ms: float
+    model_best_ms: float
+    neck_cpu_ms: float
+    model_cpu_ms: float
+
+
+_Bench = tuple[EfficientDet, Tensor, list[Tensor]]
+
+
+def _round_robin(
+    benches: Sequence[_Bench], runs: int, warmup: int, clock: Callable[[], float]
+) -> tuple[list[list[float]], list[list[float]]]:
+    """Milliseconds by ``clock`` of each bench's neck and whole network, runs interleaved."""
+    neck_times: list[list[float]] = [[] for _ in benches]
+    model_times: list[list[float]] = [[] for _ in benches]
+    for r in range(warmup + max(1, runs)):
+        for i, (model, images, features) in enumerate(benches):
+            start = clock()
+            model.neck(features)
+            middle = clock()
+            model(images)
+            end = clock()
+            if r >= warmup:
+                neck_times[i].append((middle - start) * 1e3)
+                model_times[i].append((end - middle) * 1e3)
+    return neck_times, model_times
+
+
+def measure_latencies(configs: Sequence[ModelConfig], runs: int, warmup: int = 2) -> list[Latency]:
+    """CPU latency of each configuration at batch 1, eval mode, ``torch.inference_mode()``:
+    the neck alone on precomputed backbone features, and the whole network on an image.
+
+    All models are built first and the timed runs go round-robin over them, so load from
+    other processes on a shared machine falls on every configuration alike. A second pass
+    measures single-thread CPU time (:class:`Latency`).
+    """
+    benches: list[_Bench] = []
+    threads = torch.get_num_threads()
+    with torch.inference_mode():
+        for config in configs:
+            torch.manual_seed(0)
+            model = EfficientDet(config).eval()
+            images = torch.randn(1, 3, *config.image_size)
+            benches.append((model, images, neck_inputs(model, images)))
+        neck_wall, model_wall = _round_robin(benches, runs, warmup, time.perf_counter)
+        try:
+            torch.set_num_threads(1)
+            neck_cpu, model_cpu = _round_robin(benches, runs, 1, time.thread_time)
+        finally:
+            torch.set_num_threads(threads)
+    median = statistics.median
+    return [
+        Latency(median(nw), median(mw), min(nw), min(mw), median(nc), median(mc))
+        for nw, mw, nc, mc in zip(neck_wall, model_wall, neck_cpu, model_cpu, strict=True)
+    ]
+
+
+def _with_ratios(cost: NeckCost, reference: NeckCost) -> NeckCost:
+    return NeckCost(
+        cost.repeats, cost.params, cost.macs, cost.model_params, cost.model_macs,
+        params_ratio=cost.params / reference.params, macs_ratio=cost.macs / reference.macs,
+    )
+
+
+def run_ablation(
+    necks: Sequence[str] = ABLATION_NECKS,
+    *,
+    out_dir: Path,
+    train_steps: int = 0,
+    cost_settings: Sequence[AblationSetting] = DEFAULT_COST_SETTINGS,
+    latency_setting: AblationSetting | None = DEFAULT_LATENCY_SETTING,
+    latency_runs: int = 5,
+    fusions: Sequence[str] = FUSION_COMPARISON,
+    train_fn: TrainFn | None = None,
+    train_setting: AblationSetting = DEFAULT_TRAIN_SETTING,
+    command: str | None = None,
+    echo: Callable[[str], None] | None = print,
+) -> list[AblationRow]:
+    """Build the detector with each neck and measure it; write ``ablation.md``,
+    ``ablation.csv`` and ``ablation.png`` under ``out_dir``.
+
+    Args:
+        necks: names from :data:`efficientdet.modeling.necks.NECKS`.
+        out_dir: where the outputs go (created).
+        train_steps: ``> 0`` also trains each detector this many steps with ``train_fn`` and
+            records the validation AP it returns.
+        cost_settings: sizes at which params and FLOPs are counted (meta device); ratios are
+            against :data:`REFERENCE_NECK` at the same setting.
+        latency_setting: size at which CPU latency is measured (``None``: skip).
+        latency_runs: timed runs per model (median and fastest reported; two warm-up runs).
+        fusions: fusion methods compared on BiFPN (one row each; other necks use ``fast``).
+        train_fn: ``(config, steps, run_dir) -> ShortTrainResult`` (validation AP, whether the
+            backbone was pretrained), the same short training for every neck, e.g.
+            :func:`efficientdet.studies.short_train.short_train` with the data bound; needed when
+            ``train_steps > 0``.
+        train_setting: the detector size that is trained.
+        command: the command line to record in the Markdown.
+        echo: progress and the final table go here (``None``: silent).
+
+    Returns one :class:`AblationRow` per neck and, for BiFPN, per fusion method.
+    """
+    say = echo or (lambda _: None)
+    unknown = [n for n in necks if n not in NECKS]
+    if unknown:
+        raise ValueError(f"unknown neck(s) {unknown}; choose from {sorted(NECKS)}")
+    if not necks:
+        raise ValueError("no necks to compare")
+    if train_steps < 0:
+        raise ValueError(f"train_steps must be >= 0, got {train_steps}")
+    if train_steps > 0 and train_fn is None:
+        raise RuntimeError(
+            "training-based ablation needs efficientdet.train: give run_ablation a train_fn "
+            "(config, steps, run_dir) -> AP, or run without --train-steps"
+        )
+    rows = [AblationRow(neck, DEFAULT_FUSION) for neck in dict.fromkeys(necks)]
+    if "bifpn" in necks:
+        at = next(i for i, r in enumerate(rows) if r.neck == "bifpn")
+        extra = [AblationRow("bifpn", f) for f in dict.fromkeys(fusions) if f != DEFAULT_FUSION]
+        rows[at + 1 : at + 1] = extra
+
+    for setting in cost_settings:
+        say(f"counting params and FLOPs at {setting.describe()}")
+        reference = measure_cost(ablation_config(setting, REFERENCE_NECK))
+        for row in rows:
+            is_reference = (row.neck, row.fusion) == (REFERENCE_NECK, DEFAULT_FUSION)
+            cost = reference if is_reference else measure_cost(
+                ablation_config(setting, row.neck, row.fusion)
+            )
+            row.costs[setting.name] = _with_ratios(cost, reference)
+    if latency_setting is not None:
+        say(f"timing on the CPU ({torch.get_num_threads()} threads) at {latency_setting.describe()}")
+        configs = [ablation_config(latency_setting, r.neck, r.fusion) for r in rows]
+        for row, latency in zip(rows, measure_latencies(configs, latency_runs), strict=True):
+            row.latency = latency
+            say(
+                f"  {row.label:14s} neck {latency.neck_ms:7.1f} ms (best {latency.neck_best_ms:.1f}, "
+                f"1-thread CPU {latency.neck_cpu_ms:.1f})   network {latency.model_ms:7.1f} ms "
+                f"(best {latency.model_best_ms:.1f}, 1-thread CPU {latency.model_cpu_ms:.1f})"
+            )
+    if train_steps > 0:
+        assert train_fn is not None
+        say(f"training each for {train_steps} steps at {train_setting.describe()}")
+        for row in rows:
+            config = ablation_config(train_setting, row.neck, row.fusion)
+            result = train_fn(config, train_steps, out_dir / "train" / row.label.replace("/", "-"))
+            row.ap, row.pretrained_backbone = result.ap, result.pretrained_backbone
+            origin = "ImageNet backbone" if result.pretrained_backbone else "backbone from scratch"
+            say(f"  {row.label:14s} AP {row.ap:.4f} ({origin})")
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    markdown = format_markdown(
+        rows, cost_settings, latency_setting, latency_runs, command=command,
+        train_steps=train_steps, train_setting=train_setting,
+    )
+    (out_dir / "ablation.md").write_text(markdown)
+    write_csv(rows, out_dir / "ablation.csv")
+    plot_ablation(rows, out_dir / "ablation.png", cost_settings, latency_setting)
+    say(markdown)
+    say(f"wrote {out_dir / 'ablation.md'}, {out_dir / 'ablation.csv'}, {out_dir / 'ablation.png'}")
+    return rows
+
+
+def write_csv(rows: Sequence[AblationRow], path: Path) -> None:
+    """One line per row, columns from :meth:`AblationRow.as_dict`."""
+    records = [row.as_dict() for row in rows]
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
+
+
+def _fmt_ratio(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}x"
+
+
+def format_markdown(
+    rows: Sequence[AblationRow],
+    cost_settings: Sequence[AblationSetting],
+    latency_setting: AblationSetting | None,
+    latency_runs: int,
+    *,
+    command: str | None = None,
+    train_steps: int = 0,
+    train_setting: AblationSetting | None = None,
+) -> str:
+    """The results as Markdown: Table 5 columns per setting next to the paper's, then latency,
+    then the AP after the short training of ``train_steps`` at ``train_setting`` (when run)."""
+    lines = ["# Feature-network ablation", ""]
+    if command:
+        lines += [f"Command: `{command}`", ""]
+    lines += [
+        "Same backbone, P6/P7 generation and class/box heads around each neck. Params and "
+        "FLOPs (multiply-adds, batch 1) are of the neck alone, counted on the meta device; "
+        f"ratios are against the repeated top-down FPN ({REFERENCE_NECK}) at the same size. "
+        "FPN runs twice the repeats of the others (its Table 5 row costs the same as "
+        "FPN + PANet's). Necks other than BiFPN use fast-normalised fusion where they fuse.",
+        "",
+    ]
+    lines += [f"- {s.describe()}" for s in cost_settings]
+    lines.append("")
+    header = ["neck"]
+    for s in cost_settings:
+        header += [
+            f"{s.name} repeats", f"{s.name} params", f"{s.name} GMACs",
+            f"{s.name} params rel.", f"{s.name} FLOPs rel.",
+        ]
+    header += ["paper params rel.", "paper FLOPs rel.", "paper AP"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row.label]
+        for s in cost_settings:
+            c = row.costs[s.name]
+            cells += [
+                str(c.repeats), f"{c.params / 1e6:#.3g}M", f"{c.macs / 1e9:#.3g}",
+                _fmt_ratio(c.params_ratio), _fmt_ratio(c.macs_ratio),
+            ]
+        paper = row.paper
+        cells += (
+            [_fmt_ratio(paper.params_ratio), _fmt_ratio(paper.flops_ratio), f"{paper.ap:.2f}"]
+            if paper
+            else ["", "", ""]
+        )
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    timed = latency_setting is not None and all(row.latency is not None for row in rows)
+    lines += ["## Whole detector" + (" and CPU latency" if timed else ""), ""]
+    if timed:
+        assert latency_setting is not None
+        lines += [
+            f"Latency at {latency_setting.describe()}; batch 1, eval mode, "
+            f"`torch.inference_mode()`: wall-clock median and fastest of {latency_runs} runs "
+            f"with {torch.get_num_threads()} threads after two warm-up runs, taken round-robin "
+            "over the models; then the median single-thread CPU time (`time.thread_time`, "
+            "1 thread), which load from other processes hardly changes. The neck alone runs "
+            "on precomputed backbone features.",
+            "",
+        ]
+    header = ["neck"]
+    for s in cost_settings:
+        header += [f"{s.name} network params", f"{s.name} network GMACs"]
+    if timed:
+        header += [
+            "neck ms", "neck best ms", "neck 1-thread CPU ms",
+            "network ms", "network best ms", "network 1-thread CPU ms",
+        ]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row.label]
+        for s in cost_settings:
+            c = row.costs[s.name]
+            cells += [f"{c.model_params / 1e6:.2f}M", f"{c.model_macs / 1e9:.2f}"]
+        if timed and row.latency is not None:
+            lat = row.latency
+            cells += [
+                f"{lat.neck_ms:.1f}", f"{lat.neck_best_ms:.1f}", f"{lat.neck_cpu_ms:.1f}",
+                f"{lat.model_ms:.1f}", f"{lat.model_best_ms:.1f}", f"{lat.model_cpu_ms:.1f}",
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    bifpn = {r.fusion: r.latency for r in rows if r.neck == "bifpn" and r.latency is not None}
+    fast = bifpn.get(DEFAULT_FUSION)
+    if timed and len(bifpn) > 1 and fast is not None:
+        lines += [
+            "BiFPN fusion, neck alone (the paper's Table 6 speed column: fast fusion 1.26x-1.31x "
+            "faster than softmax on GPU): "
+            + "; ".join(
+                f"{f}: median {lat.neck_ms:.1f} ms ({lat.neck_ms / fast.neck_ms:.2f}x fast), "
+                f"best {lat.neck_best_ms:.1f} ms ({lat.neck_best_ms / fast.neck_best_ms:.2f}x), "
+                f"1-thread CPU {lat.neck_cpu_ms:.1f} ms ({lat.neck_cpu_ms / fast.neck_cpu_ms:.2f}x)"
+                for f, lat in bifpn.items()
+            ),
+            "",
+        ]
+    trained = [row for row in rows if row.ap is not None]
+    if trained:
+        lines += ["## Validation AP after the same short training", ""]
+        where = f" at {train_setting.describe()}" if train_setting is not None else ""
+        steps = f"{train_steps} steps" if train_steps else "the same steps"
+        lines += [
+            f"{steps}{where}, with the demo's recipe (`efficientdet.train.recipes.DEMO_RECIPE`); COCO "
+            "AP[.5:.95] on the validation split. The paper's AP is COCO val after full "
+            "training, for the ordering only.",
+            "",
+            "| neck | AP | ImageNet backbone | paper AP |",
+            "|---|---|---|---|",
+        ]
+        for row in trained:
+            pretrained = {True: "yes", False: "no (from scratch)", None: ""}[row.pretrained_backbone]
+            paper_ap = f"{row.paper.ap:.2f}" if row.paper else ""
+            lines.append(f"| {row.label} | {row.ap:.4f} | {pretrained} | {paper_ap} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_ablation(
+    rows: Sequence[AblationRow],
+    path: Path,
+    cost_settings: Sequence[AblationSetting],
+    latency_setting: AblationSetting | None,
+) -> None:
+    """A PNG: relative params and FLOPs at the first setting (paper's as markers), and the
+    single-thread CPU time of the neck and of the whole network when measured."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    panels = 1 + (latency_setting is not None)
+    fig = Figure(figsize=(6 * panels, 4.5))
+    FigureCanvasAgg(fig)
+    labels = [row.label for row in rows]
+    x = list(range(len(rows)))
+    if cost_settings:
+        first = cost_settings[0].name
+        ax = fig.add_subplot(1, panels, 1)
+        params = [row.costs[first].params_ratio for row in rows]
+        macs = [row.costs[first].macs_ratio for row in rows]
+        ax.bar([i - 0.2 for i in x], params, width=0.4, label="params")
+        ax.bar([i + 0.2 for i in x], macs, width=0.4, label="FLOPs")
+        paper = [(i, row.paper) for i, row in zip(x, rows, strict=True) if row.paper]
+        if paper:
+            ax.scatter([i - 0.2 for i, _ in paper], [p.params_ratio for _, p in paper],
+                       marker="_", s=200, color="black", label="paper params")
+            ax.scatter([i + 0.2 for i, _ in paper], [p.flops_ratio for _, p in paper],
+                       marker="x", color="black", label="paper FLOPs")
+        ax.axhline(1.0, color="grey", linewidth=0.8)
+        ax.set_xticks(x)
+        ax.set_xticklabels(labels, rotation=45, ha="right")
+        ax.set_ylabel(f"relative to {REFERENCE_NECK}")
+        ax.set_title(f"neck size and cost at {first}")
+        ax.legend(fontsize="small")
+    if latency_setting is not None:
+        ax = fig.add_subplot(1, panels, panels)
+        neck_ms = [row.latency.neck_cpu_ms if row.latency else 0.0 for row in rows]
+        model_ms = [row.latency.model_cpu_ms if row.latency else 0.0 for row in rows]
+        ax.bar([i - 0.2 for i in x], neck_ms, width=0.4, label="neck")
+        ax.bar([i + 0.2 for i in x], model_ms, width=0.4, label="whole network")
+        ax.set_xticks(x)
+        ax.set_xticklabels(labels, rotation=45, ha="right")
+        ax.set_ylabel("single-thread CPU ms (median, batch 1)")
+        ax.set_title(f"CPU time at {latency_setting.name}")
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+# ---- command line ----------------------------------------------------------------------------
+
+
+__all__ = [
+    "ABLATION_NECKS",
+    "B3_SETTING",
+    "D0_SETTING",
+    "Latency",
+    "DEFAULT_COST_SETTINGS",
+    "DEFAULT_LATENCY_SETTING",
+    "DEFAULT_TRAIN_SETTING",
+    "LITE0_SETTING",
+    "AblationRow",
+    "AblationSetting",
+    "NeckCost",
+    "PaperRow",
+    "TrainFn",
+    "ablation_config",
+    "measure_cost",
+    "measure_latencies",
+    "neck_inputs",
+    "paper_row",
+    "run_ablation",
+]
+
