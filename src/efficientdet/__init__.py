@@ -41,8 +41,8 @@ if TYPE_CHECKING:
     from .modeling.checkpoint import load_checkpoint, save_checkpoint
     from .modeling.model import EfficientDet
     from .modeling.pretrained import list_pretrained
-    from .modeling.scaling import compound_config
     from .modeling.registry import create_model, get_config, list_models, register_model
+    from .modeling.scaling import compound_config
 
 
 def __getattr__(name: str) -> Any:
