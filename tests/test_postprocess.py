@@ -13,11 +13,11 @@ from efficientdet.detection.boxes import box_iou, encode, flatten_level_outputs
 from efficientdet.detection.postprocess import (
     PostprocessConfig,
     class_aware_nms,
-    letterbox_to_original,
     postprocess,
     select_top_k,
     soft_nms,
 )
+from efficientdet.detection.transform import LetterboxInfo, scale_boxes_to_original
 
 INPUT_SIZE = (128, 256)  # (H, W)
 LEVELS = (3, 7)
@@ -67,7 +67,7 @@ def test_planted_boxes_come_back_in_original_pixels_of_a_non_square_image() -> N
     assert det["labels"].dtype == torch.int64
     assert det["labels"].tolist() == [0, 2, 2]  # by decreasing score
     torch.testing.assert_close(det["scores"], torch.sigmoid(torch.tensor([5.0, 4.0, 3.0])))
-    mapped = letterbox_to_original(det["boxes"], scale, original_size)
+    mapped = scale_boxes_to_original(det["boxes"], LetterboxInfo(scale, original_size, INPUT_SIZE))
     torch.testing.assert_close(mapped, original[[1, 0, 2]], rtol=0, atol=1e-3)
 
 
@@ -216,12 +216,12 @@ def test_soft_nms_matches_effdet() -> None:
     torch.testing.assert_close(new_scores, their_scores[:100])
 
 
-def test_letterbox_to_original() -> None:
+def test_boxes_back_to_the_original_image() -> None:
     boxes = torch.tensor([[20.0, 10.0, 300.0, 120.0]])
-    mapped = letterbox_to_original(boxes, 2.0, (50, 140))
+    mapped = scale_boxes_to_original(boxes, LetterboxInfo(2.0, (50, 140), INPUT_SIZE))
     torch.testing.assert_close(mapped, torch.tensor([[10.0, 5.0, 140.0, 50.0]]))
     with pytest.raises(ValueError, match="scale"):
-        letterbox_to_original(boxes, 0.0, (50, 140))
+        LetterboxInfo(0.0, (50, 140), INPUT_SIZE)
 
 
 def test_config_validation_names_the_choices() -> None:

@@ -9,8 +9,8 @@ from PIL import Image
 from efficientdet.data.transforms import (
     EvalTransform,
     TrainTransform,
+    augmented_to_original,
     build_transform,
-    to_original_boxes,
 )
 
 PLAIN = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}  # output = pixel / 255, padding 0
@@ -71,7 +71,7 @@ def test_eval_letterbox_top_left_pad_and_map_back() -> None:
     assert torch.all(out.image[:, 32:, :] == 0)  # padded at the bottom
     assert out.boxes[0].tolist() == pytest.approx([6.4, 3.2, 38.4, 28.8])
     assert out.boxes[0].tolist() == pytest.approx(_white_bounds(out.image), abs=1.0)
-    back = to_original_boxes(out.boxes, out.scale, out.original_size)
+    back = augmented_to_original(out.boxes, out)
     assert back[0].tolist() == pytest.approx(list(map(float, box)), abs=1e-4)
 
 
@@ -86,9 +86,7 @@ def test_train_map_back_with_offset_and_flip() -> None:
         torch.Generator().manual_seed(3),
     )
     assert out.flipped and out.scale == pytest.approx(1.2)
-    back = to_original_boxes(
-        out.boxes, out.scale, out.original_size, offset=out.offset, flipped=out.flipped
-    )
+    back = augmented_to_original(out.boxes, out)
     assert back[0].tolist() == pytest.approx(list(map(float, box)), abs=0.5)
 
 

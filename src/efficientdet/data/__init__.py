@@ -31,7 +31,6 @@ from .transforms import (
     TrainTransform,
     TransformOutput,
     build_transform,
-    to_original_boxes,
 )
 from .voc import load_voc
 from .yolo import load_yolo
@@ -61,7 +60,6 @@ __all__ = [
     "load_dataset",
     "load_voc",
     "load_yolo",
-    "to_original_boxes",
     "write_coco",
     "write_demo_dataset",
 ]

@@ -1,7 +1,9 @@
 """Training augmentation (the official recipe) and the evaluation letterbox.
 
-Both transforms do the same four steps with different parameters, on torchvision
-``tv_tensors`` so pixels and boxes move together:
+Evaluation goes through :func:`efficientdet.detection.transform.letterbox`, the one letterbox
+that ``predict``, ``Detector.predict`` and the ONNX backend use, so ``eval`` measures exactly
+what they detect. Training's augmentation does the same four steps with random parameters, on
+torchvision ``tv_tensors`` so pixels and boxes move together:
 
 1. optional horizontal flip;
 2. resize by one factor ``scale`` keeping the aspect ratio. Evaluation: the letterbox factor
@@ -14,9 +16,9 @@ Both transforms do the same four steps with different parameters, on torchvision
    normalisation, i.e. the mean colour.
 
 Boxes are clipped to the visible image and dropped when narrower or shorter than
-``min_size`` pixels afterwards (this drops boxes wholly outside the crop). A box in network
-pixels maps back to original pixels with :func:`to_original_boxes`: ``(b + offset) / scale``
-(then mirrored if flipped), which for evaluation is ``b / scale``.
+``min_size`` pixels afterwards (this drops boxes wholly outside the crop). Evaluation's boxes
+map back to original pixels with
+:func:`efficientdet.detection.transform.scale_boxes_to_original` (``b / scale``, clipped).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
 from ..config import IMAGENET_MEAN, IMAGENET_STD
+from ..detection.transform import LetterboxInfo, letterbox, scale_boxes_to_original
 
 
 def as_size(size: int | Sequence[int]) -> tuple[int, int]:
@@ -71,28 +74,17 @@ class TransformOutput:
     original_size: tuple[int, int]
 
 
-def to_original_boxes(
-    boxes: Tensor,
-    scale: float,
-    original_size: tuple[int, int],
-    *,
-    offset: tuple[int, int] = (0, 0),
-    flipped: bool = False,
-) -> Tensor:
-    """Map ``Tensor[N, 4]`` xyxy network-input boxes back to original pixels, clipped.
-
-    For evaluation outputs (letterbox) only ``scale`` and ``original_size`` matter. The
-    resized image has ``round(h * scale)`` rows and ``round(w * scale)`` columns, so each axis
-    was really scaled by its rounded ratio; dividing by ``scale`` is off by at most half a
-    network pixel at the far edge.
-    """
-    height, width = original_size
-    shift = boxes.new_tensor([offset[0], offset[1], offset[0], offset[1]])
-    out = (boxes + shift) / scale
-    if flipped:
-        out = torch.stack([width - out[:, 2], out[:, 1], width - out[:, 0], out[:, 3]], dim=1)
-    limits = out.new_tensor([width, height, width, height])
-    return torch.minimum(out.clamp(min=0.0), limits)
+def augmented_to_original(boxes: Tensor, out: TransformOutput) -> Tensor:
+    """Undo one transform's geometry on ``Tensor[N, 4]`` xyxy boxes in its network pixels: add
+    the crop offset back, then :func:`~efficientdet.detection.transform.scale_boxes_to_original`
+    (divide by the scale, clip), then mirror if the image was flipped."""
+    shift = boxes.new_tensor([out.offset[0], out.offset[1], out.offset[0], out.offset[1]])
+    info = LetterboxInfo(out.scale, out.original_size, (int(out.image.shape[-2]), int(out.image.shape[-1])))
+    back = scale_boxes_to_original(boxes + shift, info)
+    if out.flipped:
+        width = out.original_size[1]
+        back = torch.stack([width - back[:, 2], back[:, 1], width - back[:, 0], back[:, 3]], dim=1)
+    return back
 
 
 class _ResizeCropPad:
@@ -189,9 +181,31 @@ class EvalTransform(_ResizeCropPad):
 
         ``generator`` is accepted for a common signature and unused.
         """
-        size = (image.height, image.width) if isinstance(image, Image.Image) else image.shape[-2:]
-        scale = self.letterbox_scale((int(size[0]), int(size[1])))
-        return self.apply(image, boxes, labels, scale=scale, offset=(0, 0), flip=False)
+        if isinstance(image, Tensor):
+            if image.ndim != 3 or image.shape[0] != 3:
+                raise ValueError(f"expected an RGB image [3, h, w], got shape {tuple(image.shape)}")
+            picture = F.to_pil_image(image)
+        else:
+            picture = image
+        pixels, info = letterbox(picture, self.input_size, self.mean, self.std)
+        visible_h, visible_w = info.resized_size
+        limits = torch.tensor([visible_w, visible_h, visible_w, visible_h], dtype=torch.float32)
+        # Boxes follow the pixels: each axis was resized to a whole number of pixels.
+        height, width = info.original_size
+        sx, sy = visible_w / width, visible_h / height
+        scaled = boxes.reshape(-1, 4).to(torch.float32) * torch.tensor([sx, sy, sx, sy])
+        xyxy = torch.minimum(scaled.clamp(min=0.0), limits)
+        keep = ((xyxy[:, 2:] - xyxy[:, :2]) >= self.min_size).all(dim=1)
+        return TransformOutput(
+            image=pixels,
+            boxes=xyxy[keep],
+            labels=labels.reshape(-1)[keep].to(torch.int64),
+            indices=torch.nonzero(keep).reshape(-1),
+            scale=float(info.scale),
+            offset=(0, 0),
+            flipped=False,
+            original_size=info.original_size,
+        )
 
 
 class TrainTransform(_ResizeCropPad):

@@ -18,8 +18,8 @@ from torch import Tensor, nn
 from ..config import ModelConfig, check_image_size, feature_sizes
 from .anchors import Anchors
 from .loss import LossConfig, build_targets, compute_loss
-from .postprocess import PostprocessConfig, letterbox_to_original, postprocess
-from .transform import ImageSource, preprocess_batch
+from .postprocess import PostprocessConfig, postprocess
+from .transform import ImageSource, preprocess_batch, scale_boxes_to_original
 
 Target = Mapping[str, Tensor]
 Detections = list[dict[str, Tensor]]
@@ -277,7 +277,7 @@ class Detector(nn.Module):
             if switch:
                 self.train(was_training)
         for det, info in zip(detections, infos, strict=True):
-            det["boxes"] = letterbox_to_original(det["boxes"], info.scale, info.original_size)
+            det["boxes"] = scale_boxes_to_original(det["boxes"], info)
         return detections
 
     def _check_targets(self, images: Tensor | BackboneFeatures, targets: Sequence[Target]) -> None:

@@ -4,7 +4,8 @@ Per image: take the ``pre_nms_top_k`` best (anchor, class) pairs over all levels
 ``topk`` (never a full sort), drop those at or below ``score_threshold``, decode only those
 candidates, clip them to the input, run class-aware NMS (hard, or Gaussian soft-NMS as in
 the official evaluation) and keep at most ``max_detections``. Boxes come out in input
-pixels; :func:`letterbox_to_original` maps them back to the original image.
+pixels; :func:`efficientdet.detection.transform.scale_boxes_to_original` maps them back to the
+original image.
 """
 
 from __future__ import annotations
@@ -412,21 +413,3 @@ def postprocess(
         idx = candidates[keep]
         results.append({"boxes": boxes[b, idx], "scores": scores[b, idx], "labels": labels[b, idx]})
     return results
-
-
-def letterbox_to_original(boxes: Tensor, scale: float, original_size: tuple[int, int]) -> Tensor:
-    """Map xyxy boxes from a letterboxed network input back to the original image.
-
-    The letterbox resizes the image by ``scale`` keeping its aspect ratio and places it at
-    the top-left of the input, padding on the right and bottom, so
-    ``boxes_original = boxes_input / scale``, clipped to ``original_size = (H, W)``.
-
-    Args:
-        boxes: ``Tensor[K, 4]`` xyxy in input pixels.
-
-    Returns:
-        ``Tensor[K, 4]`` xyxy in original-image pixels.
-    """
-    if scale <= 0:
-        raise ValueError(f"letterbox scale must be positive, got {scale}")
-    return clip_boxes(boxes / scale, original_size)

@@ -91,6 +91,10 @@ class LetterboxInfo:
     original_size: tuple[int, int]
     input_size: tuple[int, int]
 
+    def __post_init__(self) -> None:
+        if not self.scale > 0:
+            raise ValueError(f"letterbox scale must be positive, got {self.scale}")
+
     @property
     def resized_size(self) -> tuple[int, int]:
         """``(H, W)`` of the image content inside the input, the rest being padding."""
@@ -295,8 +299,8 @@ def _norm_constants(
 def letterbox(
     image: Image.Image,
     size: tuple[int, int],
-    mean: tuple[float, float, float],
-    std: tuple[float, float, float],
+    mean: Sequence[float],
+    std: Sequence[float],
 ) -> tuple[torch.Tensor, LetterboxInfo]:
     """Fit ``image`` into ``size`` keeping its aspect ratio, normalise, pad right and bottom.
 

@@ -24,6 +24,7 @@ from ..data import (
     coco_dict,
     collate_detection,
 )
+from ..detection.transform import LetterboxInfo, scale_boxes_to_original
 from .error_analysis import ErrorAnalysis, analyze_errors
 
 log = logging.getLogger(__name__)
@@ -229,12 +230,12 @@ def predict_dataset(
                     "labels": torch.zeros(0, dtype=torch.int64), "unreadable": target["unreadable"],
                 })
                 continue
-            h, w = target["original_size"]
-            scale = float(target["scale"])
-            boxes = det["boxes"].float() / scale
-            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
-            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
-            outputs.append({"boxes": boxes.cpu(), "scores": det["scores"].cpu(), "labels": det["labels"].cpu()})
+            info = LetterboxInfo(
+                scale=float(target["scale"]), original_size=tuple(target["original_size"]),
+                input_size=(int(images.shape[-2]), int(images.shape[-1])),
+            )
+            boxes = scale_boxes_to_original(det["boxes"].cpu(), info)
+            outputs.append({"boxes": boxes, "scores": det["scores"].cpu(), "labels": det["labels"].cpu()})
     detector.train(was_training)
     return outputs
 
