@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from efficientdet.modeling import registry
 from efficientdet.modeling.registry import get_config, list_models
+from efficientdet.modeling.scaling import config_for_training
 from efficientdet.studies.short_train import (
     demo_data,
     model_settings,
@@ -24,8 +24,7 @@ TINY = "efficientdet_test"
 LITE0 = "tf_efficientdet_lite0"
 
 
-def test_registered_names_are_overridden_not_re_registered(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # undo registrations
+def test_registered_names_are_overridden_and_other_models_travel_as_a_configuration() -> None:
     config = get_config(LITE0, neck="fpn", fusion="fast", fpn_channels=16, fpn_repeats=2,
                         image_size=(128, 160))
     before = list_models()
@@ -34,13 +33,13 @@ def test_registered_names_are_overridden_not_re_registered(monkeypatch: pytest.M
         "fpn_channels": 16, "fpn_repeats": 2,
     }
     assert model_settings(replace(config, num_classes=10))["name"] == LITE0  # the data's count
-    # A head depth the trainer cannot override: registered once under a temporary name.
+    # A head depth the trainer cannot override: the whole configuration, nothing registered.
     deeper = replace(get_config(TINY), head_repeats=2)
     section = model_settings(deeper)
-    assert section["name"] == f"short_train_{TINY}" and section["neck"] is None
-    assert get_config(section["name"]).head_repeats == 2
-    assert model_settings(deeper)["name"] == section["name"]
-    assert set(list_models()) - set(before) == {section["name"]}
+    assert section["name"] == TINY and section["neck"] is None
+    assert section["config"]["head_repeats"] == 2
+    assert config_for_training(TINY, None, 5, model_config=section["config"]) == replace(deeper, num_classes=5)
+    assert list_models() == before
 
 
 def test_settings_follow_the_demo_recipe() -> None:

@@ -262,3 +262,23 @@ def test_cache_refuses_a_trainable_backbone_or_an_oversized_cache(tiny_demo, tmp
 def test_cache_size_counts_every_level() -> None:
     # Lite0 at 320 px: 40x40x40 + 112x20x20 + 320x10x10 halves per image
     assert cache_bytes([40, 112, 320], [8, 16, 32], (320, 320), 10) == 10 * 2 * (64000 + 44800 + 32000)
+
+
+def test_a_model_configuration_trains_without_registering_it(tiny_demo, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from efficientdet import get_config, list_models
+    from efficientdet.config import model_config_from_dict, model_config_to_dict
+    from efficientdet.modeling.checkpoint import read_checkpoint
+
+    before = list_models()
+    deeper = model_config_to_dict(replace(get_config("efficientdet_test"), head_repeats=2))
+    cfg = _config(tiny_demo, tmp_path / "cfg", "run.max_steps=1")
+    cfg = replace(cfg, model=replace(cfg.model, config=deeper))
+    result = train(cfg)
+    saved = read_checkpoint(Path(result.run_dir) / "last.safetensors").config
+    assert saved is not None and saved.head_repeats == 2 and saved.num_classes == 10
+    assert list_models() == before
+    resumed = Trainer.resume(result.run_dir)  # the configuration survives config.yaml
+    assert resumed.config.model.config is not None
+    assert model_config_from_dict(resumed.config.model.config) == model_config_from_dict(deeper)

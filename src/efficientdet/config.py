@@ -7,7 +7,9 @@ environment variables or module-level switches. Override with :func:`dataclasses
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 # Closed sets of options. Anything else raises a ValueError naming the choices.
 FUSION_METHODS = ("fast", "softmax", "sum", "channel_fast", "channel_softmax")
@@ -182,3 +184,30 @@ def round_image_size(image_size: tuple[int, int], divisor: int) -> tuple[int, in
     """Round each side up to the nearest multiple of ``divisor``."""
     h, w = (max(divisor, -(-int(s) // divisor) * divisor) for s in image_size)
     return h, w
+
+
+def model_config_to_dict(config: ModelConfig) -> dict[str, Any]:
+    """A :class:`ModelConfig` as plain JSON/YAML values (tuples become lists when dumped)."""
+    return asdict(config)
+
+
+def model_config_from_dict(data: Mapping[str, Any]) -> ModelConfig:
+    """The inverse of :func:`model_config_to_dict`; unknown fields raise a ValueError naming them."""
+    data = dict(data)
+    anchors = dict(data.pop("anchors", None) or {})
+    if anchors.get("aspect_ratios"):
+        anchors["aspect_ratios"] = tuple(
+            tuple(r) if isinstance(r, (list, tuple)) else r for r in anchors["aspect_ratios"]
+        )
+    else:
+        anchors.pop("aspect_ratios", None)
+    for key in ("image_size", "mean", "std"):
+        if key in data:
+            data[key] = tuple(data[key])
+    unknown = sorted(set(data) - set(ModelConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"model configuration has unknown fields {unknown}")
+    unknown_anchor = sorted(set(anchors) - set(AnchorConfig.__dataclass_fields__))
+    if unknown_anchor:
+        raise ValueError(f"anchor configuration has unknown fields {unknown_anchor}")
+    return ModelConfig(**data, anchors=AnchorConfig(**anchors))

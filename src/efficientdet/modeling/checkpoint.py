@@ -11,7 +11,7 @@ import os
 import re
 import tempfile
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
-from ..config import AnchorConfig, ModelConfig
+from ..config import ModelConfig, model_config_from_dict, model_config_to_dict
 
 log = logging.getLogger(__name__)
 
@@ -57,26 +57,6 @@ class LoadReport:
 # ---- writing -------------------------------------------------------------------------------
 
 
-def config_to_dict(config: ModelConfig) -> dict[str, Any]:
-    return asdict(config)
-
-
-def config_from_dict(data: Mapping[str, Any]) -> ModelConfig:
-    data = dict(data)
-    anchors = data.pop("anchors", None) or {}
-    anchors["aspect_ratios"] = tuple(tuple(r) for r in anchors.get("aspect_ratios", ()))
-    if not anchors["aspect_ratios"]:
-        anchors.pop("aspect_ratios")
-    for key in ("image_size", "mean", "std"):
-        if key in data:
-            data[key] = tuple(data[key])
-    known = set(ModelConfig.__dataclass_fields__)
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise CheckpointError(f"model configuration has unknown fields {unknown}")
-    return ModelConfig(**data, anchors=AnchorConfig(**anchors))
-
-
 def atomic_write(path: str | Path, write: Any) -> None:
     """Call ``write(tmp_path)`` then rename onto ``path``: a crash never leaves half a file,
     and a failed write (disk full) leaves the previous file intact and no temporary file.
@@ -110,7 +90,7 @@ def save_checkpoint(
     header = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)}
     config = getattr(model, "config", None)
     if isinstance(config, ModelConfig):
-        header["config"] = json.dumps(config_to_dict(config))
+        header["config"] = json.dumps(model_config_to_dict(config))
     if metadata:
         header["metadata"] = json.dumps(dict(metadata))
     # Serialise in memory, write with Python: a full disk then raises OSError(ENOSPC) naming
@@ -180,7 +160,7 @@ def _read_safetensors(path: Path) -> Checkpoint:
     config = None
     if "config" in header:
         try:
-            config = config_from_dict(json.loads(header["config"]))
+            config = model_config_from_dict(json.loads(header["config"]))
         except (ValueError, TypeError) as err:
             raise CheckpointError(f"{path}: the stored model configuration is invalid: {err}") from err
     metadata: Any = {}

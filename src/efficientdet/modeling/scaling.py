@@ -49,11 +49,11 @@ module builds the configurations between and beyond them.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from ..config import AnchorConfig, ModelConfig
+from ..config import AnchorConfig, ModelConfig, model_config_from_dict
 
 if TYPE_CHECKING:
     from .model import EfficientDet
@@ -295,11 +295,18 @@ def create_compound_model(
 
 
 def config_for_training(
-    name: str | None, phi: float | None, num_classes: int, **overrides: Any
+    name: str | None,
+    phi: float | None,
+    num_classes: int,
+    *,
+    model_config: Mapping[str, Any] | None = None,
+    **overrides: Any,
 ) -> ModelConfig:
     """The model configuration a training run builds.
 
-    With ``phi`` None, the registered model ``name``. With ``phi`` set, the compound-scaled
+    With ``model_config`` (a :func:`~efficientdet.config.model_config_to_dict` mapping), that
+    configuration, whatever its name says. Otherwise, with ``phi`` None, the registered model
+    ``name``. With ``phi`` set, the compound-scaled
     configuration whose ``phi = 0`` base is ``name`` (default :data:`DEFAULT_BASE`), so a
     training config ``model: {phi: 2.5}`` scales D0 and ``{name: efficientdet_d0, phi: 2.5}``
     scales the PyTorch-native D0. ``overrides`` are :class:`ModelConfig` fields (``neck``,
@@ -309,6 +316,10 @@ def config_for_training(
     if "image_size" in given:
         size = given["image_size"]
         given["image_size"] = (int(size), int(size)) if isinstance(size, int) else tuple(size)
+    if model_config is not None:
+        if phi is not None:
+            raise ValueError("a training run takes a model configuration or a phi, not both")
+        return replace(model_config_from_dict(model_config), num_classes=num_classes, **given)
     if phi is None:
         if name is None:
             raise ValueError("a training run needs a model name or a phi")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ..config import ModelConfig
+from ..config import ModelConfig, model_config_to_dict
 from ..modeling.backbone import LITE_PACKAGES
 
 # Backbones whose ImageNet weights load without the network.
@@ -32,7 +32,6 @@ SCHEDULE_KEYS = frozenset({"run.epochs", "run.time_budget_minutes"})
 # Recipe keys that only make sense on top of pretrained backbone weights: freezing, and the
 # feature cache (which needs the whole backbone frozen).
 PRETRAINED_ONLY_KEYS = frozenset({"model.freeze_backbone", "model.freeze_bn", "data.cache_features"})
-_TEMPORARY_PREFIX = "short_train_"
 
 
 @dataclass(frozen=True)
@@ -80,28 +79,13 @@ def _without_classes(config: ModelConfig) -> ModelConfig:
     return replace(config, num_classes=1)  # the trainer takes the class count from the data
 
 
-def _register_temporary(config: ModelConfig) -> str:
-    """Register ``config`` under a free name for the trainer and return that name; the same
-    architecture registered before keeps its name."""
-    from ..modeling.registry import get_config, list_models, register_model
-
-    stem = f"{_TEMPORARY_PREFIX}{config.name}"
-    name, n = stem, 1
-    while name in list_models():
-        if _without_classes(get_config(name)) == _without_classes(replace(config, name=name)):
-            return name
-        n += 1
-        name = f"{stem}_{n}"
-    register_model(replace(config, name=name))
-    return name
-
-
 def model_settings(config: ModelConfig) -> dict[str, Any]:
     """The ``model`` section that makes the trainer build ``config`` (class count aside).
 
     A registered ``config.name`` whose configuration differs from ``config`` only in the fields
     the trainer overrides (:data:`TRAINER_MODEL_OVERRIDES`) is named with those fields set;
-    anything else (head depth, backbone, ...) is registered under a temporary name.
+    anything else (head depth, backbone, ...) travels as the whole configuration
+    (``model.config``), so nothing is registered.
     """
     from ..modeling.registry import get_config, list_models
 
@@ -115,7 +99,7 @@ def model_settings(config: ModelConfig) -> dict[str, Any]:
                 value = getattr(config, key)
                 section[key] = list(value) if isinstance(value, tuple) else value
             return section
-    section = {"name": _register_temporary(config), "phi": None}
+    section = {"name": config.name, "phi": None, "config": model_config_to_dict(config)}
     section.update(dict.fromkeys(TRAINER_MODEL_OVERRIDES))
     return section
 
@@ -133,11 +117,11 @@ def short_train_settings(
     recipe: Sequence[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """The training configuration of :func:`short_train`, as ``{section: {key: value}}`` for
-    :func:`efficientdet.train.config_from_dict`; arguments as there.
+    :func:`efficientdet.train.train_config_from_dict`; arguments as there.
 
     Layers, later winning: ``recipe`` less :data:`SCHEDULE_KEYS` (and, from scratch,
     :data:`PRETRAINED_ONLY_KEYS`); the model, steps, batch, seed, data and run folder; then
-    ``overrides``. May register ``config`` under a temporary name (:func:`model_settings`).
+    ``overrides``. The model section comes from :func:`model_settings`.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -199,9 +183,9 @@ def short_train(
 
     Returns a :class:`ShortTrainResult`; a RuntimeError when the run ends without an evaluation.
     """
-    from ..train import config_from_dict, train
+    from ..train import train, train_config_from_dict
 
-    train_config = config_from_dict(short_train_settings(
+    train_config = train_config_from_dict(short_train_settings(
         config, steps, run_dir, data=data, batch_size=batch_size, seed=seed,
         pretrained_backbone=pretrained_backbone, overrides=overrides, recipe=recipe,
     ))

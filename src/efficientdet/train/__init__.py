@@ -6,9 +6,9 @@ from .config import (
     OptimSection,
     RunSection,
     TrainConfig,
-    config_from_dict,
     load_config,
     save_config,
+    train_config_from_dict,
 )
 from .loop import (
     BEST_WEIGHTS,
@@ -34,7 +34,7 @@ __all__ = [
     "TrainResult",
     "Trainer",
     "TrainingError",
-    "config_from_dict",
+    "train_config_from_dict",
     "load_config",
     "save_config",
     "train",

@@ -28,6 +28,9 @@ class ModelSection:
     """Which network, where its weights start, what is frozen."""
 
     name: str = "tf_efficientdet_d0"
+    # A whole model configuration (efficientdet.config.model_config_to_dict) to build instead of
+    # the registered `name`'s, e.g. from a study; the class count still comes from the data.
+    config: dict[str, Any] | None = None
     pretrained: bool = False  # start from the published COCO detector (efficientdet list --pretrained)
     pretrained_backbone: bool = True
     init_checkpoint: str | None = None  # detector weights file to fine-tune from
@@ -143,7 +146,7 @@ def _image_size(value: Any, key: str) -> tuple[int, int]:
 _SECTIONS = {"model": ModelSection, "data": DataSection, "optim": OptimSection, "run": RunSection}
 
 
-def config_from_dict(data: dict[str, Any] | None) -> TrainConfig:
+def train_config_from_dict(data: dict[str, Any] | None) -> TrainConfig:
     """Build a :class:`TrainConfig`; unknown sections or keys raise naming the valid ones."""
     data = data or {}
     unknown = sorted(set(data) - set(_SECTIONS))
@@ -192,7 +195,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(data[section], dict):
             raise ValueError(f"section {section!r} is not a mapping")
         data[section][key] = value
-    return config_from_dict(data)
+    return train_config_from_dict(data)
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:

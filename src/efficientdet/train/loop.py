@@ -304,7 +304,7 @@ class Trainer:
             if getattr(cfg, key) is not None:
                 overrides[key] = getattr(cfg, key)
         model_config = config_for_training(
-            cfg.name, cfg.phi, self.train_data.num_classes, **overrides
+            cfg.name, cfg.phi, self.train_data.num_classes, model_config=cfg.config, **overrides
         )
         model = EfficientDet(model_config, pretrained_backbone=pretrained)
         if init_checkpoint and self.resume_state is None:
