@@ -16,13 +16,14 @@ from PIL import Image
 from torch import nn
 
 from efficientdet.cli.export import add_export_arguments, cmd_export
+from efficientdet.deploy.backends import build_predictor, resolve_backend
 from efficientdet.deploy.export import (
     OnnxMetadata,
     export_onnx,
     read_onnx_metadata,
 )
 from efficientdet.deploy.export_graph import PAD_LABEL, class_nms, padded_detections
-from efficientdet.deploy.onnx_backend import OnnxDetector, build_predictor, resolve_backend
+from efficientdet.deploy.onnx_backend import OnnxDetector
 from efficientdet.detection.anchors import generate_anchors
 from efficientdet.detection.detector import Detector
 from efficientdet.detection.postprocess import PostprocessConfig, postprocess

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..modeling.scaling import BACKBONE_LADDERS, DEFAULT_BASE, create_compound_model
+from .options import add_image_size, image_size
 
 
 def add_create_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +23,7 @@ def add_create_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fusion", help="fusion method override (fast, softmax, sum, ...)")
     parser.add_argument("--num-classes", type=int, default=90)
     parser.add_argument("--class-names", help="text file with one class name per line (stored in the file)")
-    parser.add_argument("--image-size", type=int, nargs="+", metavar="SIDE", help="H [W] override")
+    add_image_size(parser, "H [W] override")
     parser.add_argument("--pretrained-backbone", action="store_true", help="ImageNet backbone weights (needs timm's hub)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
     parser.add_argument("--out", required=True, help="output .safetensors file")
@@ -45,9 +46,9 @@ def cmd_create(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {}
     if args.fusion:
         overrides["fusion"] = args.fusion
-    if args.image_size:
-        sides = list(args.image_size)
-        overrides["image_size"] = (sides[0], sides[-1])
+    size = image_size(args.image_size)
+    if size is not None:
+        overrides["image_size"] = size
     class_names = _read_names(args.class_names) if args.class_names else None
     num_classes = args.num_classes
     if class_names is not None and len(class_names) != num_classes:

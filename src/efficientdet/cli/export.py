@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from ..deploy.export import DEFAULT_OPSET, BatchSpec, export_onnx
+from .options import add_image_size, image_size
 
 
 def _parse_batch(text: str) -> BatchSpec:
@@ -28,7 +29,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
                         help="the published COCO weights of --model instead of --weights")
     parser.add_argument("--format", choices=["onnx"], default="onnx", help="export format")
     parser.add_argument("--out", required=True, help="file to write, e.g. model.onnx")
-    parser.add_argument("--image-size", type=int, nargs="+", metavar="SIDE", help="H [W] of the network input")
+    add_image_size(parser)
     parser.add_argument("--batch", type=_parse_batch, default=1, help="'dynamic' or a fixed batch size (default 1)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--with-nms", dest="with_nms", action="store_true", default=True,
@@ -48,13 +49,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Run ``efficientdet export`` with arguments from :func:`add_export_arguments`."""
     from ..inference.loading import load_model
 
-    size = None
-    if args.image_size:
-        if len(args.image_size) > 2:
-            raise ValueError(f"--image-size takes H [W], got {args.image_size}")
-        size = (args.image_size[0], args.image_size[-1])
     loaded = load_model(
-        args.weights, model_name=args.model, pretrained=args.pretrained, image_size=size
+        args.weights, model_name=args.model, pretrained=args.pretrained,
+        image_size=image_size(args.image_size),
     )
     metadata = export_onnx(
         loaded.model,

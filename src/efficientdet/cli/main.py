@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..deploy.runtime import tune_cpu_allocator
+from .options import add_image_size, image_size, positive_int
 
 log = logging.getLogger("efficientdet")
 
@@ -167,7 +168,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise NotADirectoryError(f"{args.out}: --out exists and is not a folder")
     loaded = load_model(
         args.weights, model_name=args.model, pretrained=args.pretrained,
-        image_size=_size(args.image_size),
+        image_size=image_size(args.image_size),
     )
     # COCO reads its own categories; a pretrained model's 90 names are no class table for VOC/YOLO.
     data = load_dataset(
@@ -196,27 +197,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 1 if result.unreadable else 0
 
 
-def _size(value: list[int] | None) -> tuple[int, int] | None:
-    if not value:
-        return None
-    if len(value) > 2:
-        raise ValueError(f"--image-size takes H or H W, got {len(value)} values")
-    if len(value) == 1:
-        return (value[0], value[0])
-    return (value[0], value[1])
-
-
-def _positive_int(text: str) -> int:
-    """argparse type: a positive integer, refused with a clear message otherwise."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 # ---- prediction ------------------------------------------------------------------------------
 
 
@@ -229,12 +209,12 @@ def _read_class_file(path: str) -> list[str]:
 
 @command("predict")
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from ..deploy.onnx_backend import build_predictor
+    from ..deploy.backends import build_predictor
     from ..inference.predict import collect_sources, run_prediction
 
     predictor = build_predictor(
         args.weights, backend=args.backend, model_name=args.model, pretrained=args.pretrained,
-        image_size=_size(args.image_size), nms=args.nms, max_detections=args.max_detections,
+        image_size=image_size(args.image_size), nms=args.nms, max_detections=args.max_detections,
         score_threshold=min(args.score_threshold, 0.001) if args.all_scores else args.score_threshold,
         device=args.device, optimize=args.optimize,
     )
@@ -357,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Ultralytics or supervision export it",
     )
     p.add_argument("--split", default="train")
-    p.add_argument("--image-size", type=_positive_int, default=512, help="network input used for the level histogram")
+    p.add_argument("--image-size", type=positive_int, default=512, help="network input used for the level histogram")
     p.add_argument("--no-decode", action="store_true", help="check image headers only (faster)")
 
     p = sub.add_parser("demo-data", help="write the bundled digit-scenes dataset (COCO format)")
@@ -365,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-train", type=int, default=1600)
     p.add_argument("--num-val", type=int, default=250)
-    p.add_argument("--image-size", type=_positive_int, default=320)
+    p.add_argument("--image-size", type=positive_int, default=320)
 
     p = sub.add_parser("train", help="train on a dataset (YAML config + --set overrides)")
     p.add_argument("--config", help="YAML file with model/data/optim/run sections")
@@ -386,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nms", choices=["hard", "soft"], default="hard")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--device", default="auto")
-    p.add_argument("--image-size", type=_positive_int, nargs="+", metavar="SIDE", help="H [W] of the network input")
+    add_image_size(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--backend", choices=["auto", "pytorch", "onnxruntime"], default="auto",
                    help="auto: ONNX Runtime for .onnx weights, PyTorch otherwise")
@@ -407,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", action="store_true", help=_PRETRAINED_HELP)
     p.add_argument("--out", help="folder for metrics.json, detections.json, report.md and the error "
                    "analysis (confusion matrix, PR curves, F1-best thresholds, error galleries)")
-    p.add_argument("--image-size", type=_positive_int, nargs="+", metavar="SIDE")
+    add_image_size(p)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto")
     p.add_argument("--nms", choices=["hard", "soft"], default="hard")

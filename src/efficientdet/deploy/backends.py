@@ -1,0 +1,127 @@
+"""One predictor for ``efficientdet predict`` (and any caller) from a weights file, whatever
+runs it: the PyTorch :class:`~efficientdet.detection.detector.Detector` or ONNX Runtime on an
+export (:class:`~efficientdet.deploy.onnx_backend.OnnxDetector`).
+
+:func:`build_predictor` turns a weights file and the command line's options into the
+``predict_fn`` that :func:`efficientdet.inference.predict.run_prediction` takes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from .onnx_backend import OnnxDetector
+
+__all__ = ["BACKENDS", "Predictor", "build_predictor", "resolve_backend"]
+
+BACKENDS = ("auto", "pytorch", "onnxruntime")
+Detections = list[dict[str, Tensor]]
+
+
+class Predictor(NamedTuple):
+    """What ``efficientdet predict`` needs from a weights file, whatever the backend."""
+
+    predict_fn: Callable[[list[Any]], Detections]
+    class_names: list[str] | None
+    label_to_category_id: list[int] | None
+    num_classes: int
+
+
+def resolve_backend(weights: str | Path, backend: str = "auto") -> str:
+    """``"pytorch"`` or ``"onnxruntime"``; ``"auto"`` picks ONNX Runtime for ``.onnx`` files."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r} is not one of {', '.join(map(repr, BACKENDS))}")
+    if backend == "auto":
+        return "onnxruntime" if Path(weights).suffix.lower() == ".onnx" else "pytorch"
+    return backend
+
+
+def build_predictor(
+    weights: str | Path | None,
+    *,
+    backend: str = "auto",
+    model_name: str | None = None,
+    pretrained: bool = False,
+    image_size: tuple[int, int] | None = None,
+    score_threshold: float = 0.3,
+    max_detections: int = 100,
+    nms: str = "hard",
+    device: str = "auto",
+    optimize: bool = False,
+    threads: int | None = None,
+) -> Predictor:
+    """A ``predict_fn(images: list[PIL.Image]) -> list[dict]`` for :func:`run_prediction`.
+
+    Args:
+        weights: a checkpoint (PyTorch backend) or an exported ``.onnx`` file; None with
+            ``pretrained``.
+        backend: ``"pytorch"``, ``"onnxruntime"`` or ``"auto"`` (by the file's suffix).
+        model_name: architecture for weights files that do not record it (PyTorch only; for
+            ONNX it must match the file's).
+        pretrained: the published COCO weights of ``model_name`` (PyTorch backend), with
+            COCO's class names and category ids.
+        image_size: network input ``(H, W)`` (PyTorch: any; ONNX: must be the exported one).
+        score_threshold: detections scoring at or below this are dropped.
+        max_detections: detections per image.
+        nms: ``"hard"`` or ``"soft"`` (soft-NMS: PyTorch only; exports run hard NMS).
+        device: PyTorch device, ``"auto"`` for CUDA when available.
+        optimize: PyTorch only: run :func:`efficientdet.modeling.optimize.optimize_for_inference`.
+        threads: ONNX Runtime threads (default ``torch.get_num_threads()``).
+
+    Returns:
+        A :class:`Predictor` ``(predict_fn, class_names, label_to_category_id, num_classes)``.
+    """
+    kind = "pytorch" if pretrained and backend == "auto" else resolve_backend(weights or "", backend)
+    if kind == "onnxruntime":
+        if weights is None:
+            raise ValueError(
+                "the onnxruntime backend runs an exported .onnx file: export the pretrained "
+                "model first (`efficientdet export --model NAME --pretrained --out model.onnx`)"
+            )
+        if nms != "hard":
+            raise ValueError(
+                f"--nms {nms} needs the PyTorch backend: an ONNX export runs hard NMS in its graph"
+            )
+        onnx_detector = OnnxDetector(
+            weights, threads=threads, score_threshold=score_threshold, max_detections=max_detections
+        )
+        meta = onnx_detector.metadata
+        if model_name is not None and model_name != meta.model_name:
+            raise ValueError(f"{weights} holds {meta.model_name!r}, not {model_name!r}")
+        if image_size is not None and tuple(image_size) != meta.image_size:
+            raise ValueError(
+                f"{weights} was exported for {meta.image_size[0]}x{meta.image_size[1]} inputs; "
+                "export again with --image-size to run at another size"
+            )
+        return Predictor(
+            onnx_detector.predict, meta.class_names, meta.label_to_category_id, meta.num_classes
+        )
+
+    from ..detection.detector import Detector
+    from ..inference.loading import load_model
+
+    loaded = load_model(
+        weights, model_name=model_name, pretrained=pretrained, image_size=image_size
+    )
+    torch_device = torch.device(
+        device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    model: torch.nn.Module = loaded.model.to(torch_device)
+    if optimize:
+        from ..modeling.optimize import optimize_for_inference
+
+        model = optimize_for_inference(model, channels_last=torch_device.type == "cpu")
+    detector = Detector(
+        model, nms=nms, max_detections=max_detections, score_threshold=score_threshold
+    ).eval()
+    return Predictor(
+        detector.predict,
+        loaded.class_names,
+        loaded.label_to_category_id,
+        loaded.model.config.num_classes,
+    )
