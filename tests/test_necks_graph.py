@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from efficientdet.modeling.necks import BiFPN, NodeSpec, bifpn_nodes, cell_output_ids
+from efficientdet.modeling.necks import GraphNeck, NodeSpec, bifpn_nodes, cell_output_ids
 from efficientdet.modeling.necks.graph import Fusion, validate_nodes
 
 
@@ -67,7 +67,7 @@ def test_bifpn_shapes(size: tuple[int, int]) -> None:
         for _ in range(i + 3):
             h_l, w_l = (h_l - 1) // 2 + 1, (w_l - 1) // 2 + 1
         feats.append(torch.randn(2, c, h_l, w_l))
-    neck = BiFPN(channels, 3, 7, width=10, repeats=2)
+    neck = GraphNeck(bifpn_nodes(3, 7), channels, 3, 7, width=10, repeats=2)
     out = neck(feats)
     assert [o.shape for o in out] == [(2, 10, *f.shape[-2:]) for f in feats]
     # the first cell projects P3-P5 (backbone width) for each use; P4/P5 twice.

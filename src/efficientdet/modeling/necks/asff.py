@@ -23,10 +23,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ...config import ModelConfig
 from ..layers import MaxPoolDown, upsample_nearest
-from .bifpn import GraphNeck
 from .blocks import ConvNormAct
-from .graph import fpn_nodes, pafpn_nodes
+from .graph import GraphNeck, fpn_nodes, pafpn_nodes
 
 ASFF_COMPRESS = 16
 ASFF_BASES = {"fpn": fpn_nodes, "pafpn": pafpn_nodes}
@@ -135,6 +135,16 @@ class ASFF(nn.Module):
             for t in range(num_levels)
         )
         self.out_channels = [width] * num_levels
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, in_channels: Sequence[int]) -> ASFF:
+        """ASFF over a repeated FPN with ``config``'s levels, width, repeats and options."""
+        return cls(
+            in_channels, config.min_level, config.max_level, config.fpn_channels,
+            config.fpn_repeats, fusion=config.fusion, act=config.act, padding=config.padding,
+            redundant_bias=config.redundant_bias, separable=config.separable,
+            bn_eps=config.bn_eps, bn_momentum=config.bn_momentum,
+        )
 
     def forward(self, features: list[Tensor]) -> list[Tensor]:
         pyramid = self.pyramid(features)

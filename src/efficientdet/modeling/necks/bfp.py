@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ...config import ModelConfig
 from ..layers import ConvBn, MaxPoolDown, upsample_nearest
 from .blocks import ConvNormAct
 
@@ -168,6 +169,15 @@ class BalancedFeaturePyramid(nn.Module):
             for _ in range(repeats)
         )
         self.out_channels = [width] * len(in_channels)
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, in_channels: Sequence[int]) -> BalancedFeaturePyramid:
+        """The balanced pyramid at ``config.fpn_channels`` with ``config.fpn_repeats`` steps."""
+        return cls(
+            in_channels, config.fpn_channels, config.fpn_repeats, padding=config.padding,
+            separable=config.separable, act=config.act, redundant_bias=config.redundant_bias,
+            bn_eps=config.bn_eps, bn_momentum=config.bn_momentum,
+        )
 
     def forward(self, features: list[Tensor]) -> list[Tensor]:
         features = [proj(x) for proj, x in zip(self.projs, features, strict=True)]

@@ -9,13 +9,13 @@ only different node lists around the same :class:`FusionNode`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from ...config import FUSION_METHODS
+from ...config import FUSION_METHODS, ModelConfig
 from ..layers import (
     ConvBn,
     MaxPoolDown,
@@ -335,3 +335,75 @@ class FusionCell(nn.Module):
         for node, level in zip(self.nodes, self.node_levels, strict=True):
             features.append(node(features, sizes[level - self.min_level]))
         return [features[i] for i in self.output_ids]
+
+
+class GraphNeck(nn.Module):
+    """A neck made of ``repeats`` cells of the same node list (BiFPN, FPN, PANet, ...).
+
+    Takes one feature per level ``Tensor[B, C_l, H_l, W_l]`` (P3..P7 by default, the extra
+    levels already made) and returns ``Tensor[B, width, H_l, W_l]`` for each level.
+    """
+
+    def __init__(
+        self,
+        nodes: Sequence[NodeSpec],
+        in_channels: Sequence[int],
+        min_level: int,
+        max_level: int,
+        width: int,
+        repeats: int,
+        **node_kwargs: object,
+    ) -> None:
+        super().__init__()
+        self.nodes_spec = list(nodes)
+        self.cells = nn.ModuleList()
+        channels = list(in_channels)
+        for _ in range(repeats):
+            cell = FusionCell(nodes, channels, min_level, max_level, width, **node_kwargs)
+            self.cells.append(cell)
+            channels = cell.out_channels
+        self.out_channels = channels
+
+    def forward(self, features: list[Tensor]) -> list[Tensor]:
+        for cell in self.cells:
+            features = cell(features)
+        return features
+
+    @classmethod
+    def from_config(
+        cls, config: ModelConfig, in_channels: Sequence[int], topology: str = "bifpn"
+    ) -> GraphNeck:
+        """The neck of ``config`` (width, repeats, levels, fusion options) with the node list
+        of ``topology``, one of :data:`TOPOLOGIES`."""
+        if topology not in TOPOLOGIES:
+            raise ValueError(f"topology {topology!r} is not one of {', '.join(map(repr, TOPOLOGIES))}")
+        return cls(
+            TOPOLOGIES[topology](config.min_level, config.max_level), in_channels,
+            config.min_level, config.max_level, config.fpn_channels, config.fpn_repeats,
+            **node_options(config),
+        )
+
+
+def node_options(config: ModelConfig) -> dict[str, object]:
+    """Fusion-node options of ``config``, shared by all graph-shaped necks."""
+    return dict(
+        fusion=config.fusion,
+        act=config.act,
+        padding=config.padding,
+        redundant_bias=config.redundant_bias,
+        separable=config.separable,
+        bn_eps=config.bn_eps,
+        bn_momentum=config.bn_momentum,
+    )
+
+
+# The graph-shaped necks differ only in their node list: BiFPN (the paper's), repeated
+# top-down FPN (fig. 2a), FPN + PANet (fig. 2b), the fully-connected FPN of the ablation, and
+# CSPNet's Exact Fusion Model (each level fuses levels s - 1, s, s + 1).
+TOPOLOGIES: dict[str, Callable[[int, int], list[NodeSpec]]] = {
+    "bifpn": bifpn_nodes,
+    "fpn": fpn_nodes,
+    "pafpn": pafpn_nodes,
+    "fcfpn": fully_connected_nodes,
+    "efm": efm_nodes,
+}

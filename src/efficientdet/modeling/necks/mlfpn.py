@@ -37,6 +37,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ...config import ModelConfig
 from ..layers import ConvBn, upsample_nearest
 from .blocks import ConvNormAct
 
@@ -159,6 +160,15 @@ class MLFPN(nn.Module):
             for _ in range(num_levels)
         )
         self.out_channels = [width] * num_levels
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, in_channels: Sequence[int]) -> MLFPN:
+        """M2Det's pyramid at ``config.fpn_channels`` with ``config.fpn_repeats`` TUMs."""
+        return cls(
+            in_channels, config.fpn_channels, config.fpn_repeats, separable=config.separable,
+            act=config.act, redundant_bias=config.redundant_bias, bn_eps=config.bn_eps,
+            bn_momentum=config.bn_momentum,
+        )
 
     def forward(self, features: list[Tensor]) -> list[Tensor]:
         sizes = [x.shape[-2:] for x in features]

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .graph import Fusion, FusionCell, NodeSpec
+from ...config import ModelConfig
+from .graph import Fusion, FusionCell, NodeSpec, node_options
 
 MERGE_SUM = "sum"
 MERGE_ATTENTION = "attention"
@@ -171,6 +172,14 @@ class NASFPN(nn.Module):
             self.cells.append(cell)
             channels = cell.out_channels
         self.out_channels = channels
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, in_channels: Sequence[int]) -> NASFPN:
+        """``config.fpn_repeats`` NAS-FPN cells at ``config.fpn_channels``."""
+        return cls(
+            in_channels, config.min_level, config.max_level, config.fpn_channels,
+            config.fpn_repeats, **node_options(config),
+        )
 
     def forward(self, features: list[Tensor]) -> list[Tensor]:
         for cell in self.cells:
