@@ -185,13 +185,13 @@ def test_time_budget_times_steps_without_evaluations(tiny_demo, tmp_path: Path, 
     monkeypatch.setattr(loop.time, "perf_counter", lambda: now[0])
     trainer._start, trainer._fit_start_step = 0.0, 0
     # steps 2..7 took 0.5 s each after a mark at t=1 (step 1 is warm-up), plus a 10 s evaluation
-    trainer._budget_mark = (1.0, 1, 0.0)
+    trainer.budget.mark = (1.0, 1, 0.0)
     trainer._overhead, trainer._eval_seconds = 10.0, 10.0
     trainer.step = 7
     trainer._maybe_fit_budget()
     per_step = 0.5 + 10.0 / 12  # the step, plus its share of one evaluation every 12 steps
     assert trainer.total_steps == 7 + int((60.0 - 14.0) / per_step)  # not 60 / (13 / 6) s
-    assert trainer._budget_mark == (1.0, 1, 0.0)  # the probe window keeps growing until 10 steps
+    assert trainer.budget.mark == (1.0, 1, 0.0)  # the probe window keeps growing until 10 steps
 
 
 def test_channels_last_trains_like_nchw(tiny_demo, tmp_path: Path) -> None:

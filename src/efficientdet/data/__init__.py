@@ -19,6 +19,7 @@ from .check import DataReport, assign_levels, check_dataset, format_report
 from .coco import coco_dict, load_coco, write_coco
 from .dataset import (
     DetectionDataset,
+    EpochSampler,
     SeededSampler,
     build_dataloader,
     collate_detection,
@@ -45,6 +46,7 @@ __all__ = [
     "DetectionSample",
     "EvalTransform",
     "IssueLog",
+    "EpochSampler",
     "SeededSampler",
     "TrainTransform",
     "TransformOutput",

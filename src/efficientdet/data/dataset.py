@@ -183,31 +183,59 @@ def collate_detection(batch: Sequence[tuple[Tensor, Target]]) -> tuple[Tensor, l
     return images, [target for _, target in batch]
 
 
+class EpochSampler(Sampler[tuple[int, int]]):
+    """``(index, epoch_seed)`` pairs for one epoch, a pure function of ``(seed, epoch)``.
+
+    The order is shuffled per epoch and sharded over processes (rank ``r`` takes every
+    ``world``-th index), truncated so that every process gets ``steps * batch`` items; ``start``
+    skips the items of steps already done (resume).
+    """
+
+    def __init__(
+        self, num_samples: int, *, seed: int, epoch: int, batch_size: int,
+        start_step: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True,
+    ) -> None:
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        order = torch.randperm(num_samples, generator=gen) if shuffle else torch.arange(num_samples)
+        self.epoch_seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+        per_step = batch_size * world_size
+        usable = (num_samples // per_step) * per_step
+        mine = order[:usable].view(-1, world_size)[:, rank]
+        self.indices = mine[start_step * batch_size :].tolist()
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for index in self.indices:
+            yield index, self.epoch_seed
+
+
 class SeededSampler(Sampler[tuple[int, int]]):
-    """Yields ``(index, epoch_seed)``; a fresh epoch seed (and order) every iteration.
+    """Yields ``(index, epoch_seed)``, each iteration the next epoch of :class:`EpochSampler`
+    (one process, no truncation): a fresh order and epoch seed every pass.
 
     Args:
         num_samples: dataset length.
         shuffle: random order each epoch.
-        seed: seeds the sampler's own generator; same seed, same sequence of epochs.
+        seed: same seed, same sequence of epochs.
     """
 
     def __init__(self, num_samples: int, *, shuffle: bool, seed: int = 0) -> None:
         self.num_samples = num_samples
         self.shuffle = shuffle
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = seed
+        self.epoch = 0
 
     def __len__(self) -> int:
         return self.num_samples
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch_seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
-        if self.shuffle:
-            order = torch.randperm(self.num_samples, generator=self.generator).tolist()
-        else:
-            order = list(range(self.num_samples))
-        for index in order:
-            yield index, epoch_seed
+        epoch = EpochSampler(
+            self.num_samples, seed=self.seed, epoch=self.epoch, batch_size=1, shuffle=self.shuffle
+        )
+        self.epoch += 1
+        yield from epoch
 
 
 def seed_worker(worker_id: int) -> None:

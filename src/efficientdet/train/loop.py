@@ -5,20 +5,25 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import random
 import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
-from ..data import DetectionData, DetectionDataset, build_transform, collate_detection, load_dataset
+from ..data import (
+    DetectionData,
+    DetectionDataset,
+    EpochSampler,
+    build_transform,
+    collate_detection,
+    load_dataset,
+)
 from ..detection.detector import BackboneFeatures, Detector
 from ..inference.evaluate import evaluate_detector, format_metrics, write_eval_outputs
 from ..modeling.checkpoint import atomic_write, load_checkpoint, save_checkpoint
@@ -26,11 +31,14 @@ from ..modeling.model import EfficientDet
 from ..modeling.optimize import optimize_for_inference
 from ..modeling.pretrained import fetch_weights
 from ..modeling.scaling import config_for_training
+from .budget import TimeBudget
 from .config import TrainConfig, load_config, save_config
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from .ema import ModelEMA
 from .feature_cache import FeatureCache, build_feature_cache, cache_bytes
 from .logger import MetricsLogger, plot_curves
+from .parameters import backbone_stages, freeze_modules, parameter_groups, set_frozen_bn_eval
+from .rng import rng_state, seed_everything, set_rng_state
 from .schedule import learning_rate
 
 log = logging.getLogger(__name__)
@@ -40,8 +48,6 @@ LAST_WEIGHTS = "last.safetensors"
 BEST_WEIGHTS = "best.safetensors"
 CONFIG_FILE = "config.yaml"
 STATE_VERSION = 1
-_BUDGET_PROBE_STEPS = 6  # steps timed before fitting the schedule into a time budget
-_BUDGET_REFIT_EVERY = 10  # steps between re-fits of the schedule to the budget
 
 
 class TrainingError(RuntimeError):
@@ -61,34 +67,6 @@ class TrainResult:
     epochs: float = 0.0
 
 
-class EpochSampler(Sampler[tuple[int, int]]):
-    """``(index, epoch_seed)`` pairs for one epoch, a pure function of ``(seed, epoch)``.
-
-    The order is shuffled per epoch and sharded over processes (rank ``r`` takes every
-    ``world``-th index), truncated so that every process gets ``steps * batch`` items; ``start``
-    skips the items of steps already done (resume).
-    """
-
-    def __init__(
-        self, num_samples: int, *, seed: int, epoch: int, batch_size: int,
-        start_step: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True,
-    ) -> None:
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        order = torch.randperm(num_samples, generator=gen) if shuffle else torch.arange(num_samples)
-        self.epoch_seed = int(torch.randint(0, 2**62, (1,), generator=gen))
-        per_step = batch_size * world_size
-        usable = (num_samples // per_step) * per_step
-        mine = order[:usable].view(-1, world_size)[:, rank]
-        self.indices = mine[start_step * batch_size :].tolist()
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        for index in self.indices:
-            yield index, self.epoch_seed
-
-
 def steps_per_epoch(num_samples: int, batch_size: int, world_size: int) -> int:
     return num_samples // (batch_size * world_size)
 
@@ -99,83 +77,11 @@ def _resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def backbone_stages(backbone: nn.Module) -> list[list[nn.Module]]:
-    """The backbone split into stages, input side first: the stem, then each block group."""
-    stem = [m for name in ("conv_stem", "bn1") if (m := getattr(backbone, name, None)) is not None]
-    blocks = getattr(backbone, "blocks", None)
-    if blocks is None:
-        return [[backbone]]
-    return [stem, *[[b] for b in blocks]]
-
-
-def freeze_modules(modules: list[nn.Module]) -> list[nn.Module]:
-    for m in modules:
-        for p in m.parameters():
-            p.requires_grad_(False)
-    return modules
-
-
-def set_frozen_bn_eval(modules: list[nn.Module]) -> None:
-    for m in modules:
-        for sub in m.modules():
-            if isinstance(sub, nn.modules.batchnorm._BatchNorm):
-                sub.eval()
-
-
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on conv/linear weights only; none on BN parameters, biases or fusion weights."""
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
 def _channels_last(images: torch.Tensor | BackboneFeatures) -> torch.Tensor | BackboneFeatures:
     nhwc = torch.channels_last
     if isinstance(images, BackboneFeatures):
         return BackboneFeatures([m.contiguous(memory_format=nhwc) for m in images.maps], images.image_size)
     return images.contiguous(memory_format=nhwc)
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": _numpy_state(),
-        "python": list(random.getstate()[1]),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _numpy_state() -> dict[str, Any]:
-    name, keys, pos, has_gauss, cached = cast(tuple[Any, ...], np.random.get_state(legacy=True))
-    return {"name": name, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
-            "cached": float(cached)}
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state(
-        (n["name"], np.array(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["cached"])
-    )
-    py = random.getstate()
-    random.setstate((py[0], tuple(state["python"]), None))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _remove_partial_writes(run_dir: Path) -> None:
@@ -207,7 +113,7 @@ class Trainer:
             raise TrainingError(f"{self.run_dir}: run.out_dir exists and is not a folder")
         self.stop_requested = False
         self.resume_state = resume_state
-        _seed_everything(config.run.seed + self.dist.rank)
+        seed_everything(config.run.seed + self.dist.rank)
         self._setup_data()
         self._setup_model()
         self._setup_optimizer()
@@ -219,10 +125,7 @@ class Trainer:
         self.nonfinite_in_a_row = 0
         self.elapsed_before = 0.0
         self.total_steps = self._configured_total_steps()
-        self.budget_fixed = config.run.time_budget_minutes is None
-        self._budget_cap: int | None = None  # the step count before fitting to the budget
-        # (time, step, overhead seconds) where the current step-timing window starts
-        self._budget_mark: tuple[float, int, float] | None = None
+        self.budget = TimeBudget(config.run.time_budget_minutes)
         if resume_state is not None:
             self._load_state(resume_state)
         if self.dist.is_main:
@@ -420,7 +323,7 @@ class Trainer:
             "version": STATE_VERSION,
             "step": self.step,
             "total_steps": self.total_steps,
-            "budget_fixed": self.budget_fixed,
+            "budget_fixed": self.budget.fixed,
             "best_ap": self.best_ap,
             "nonfinite_total": self.nonfinite_total,
             "nonfinite_in_a_row": self.nonfinite_in_a_row,
@@ -428,7 +331,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "optimizer": self.optimizer.state_dict(),
-            "rng": _rng_state(),
+            "rng": rng_state(),
         }
 
     def _load_state(self, state: dict[str, Any]) -> None:
@@ -438,12 +341,12 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
         self.total_steps = int(state["total_steps"])
-        self.budget_fixed = bool(state.get("budget_fixed", True))
+        self.budget.fixed = bool(state.get("budget_fixed", True))
         self.best_ap = float(state["best_ap"])
         self.nonfinite_total = int(state["nonfinite_total"])
         self.nonfinite_in_a_row = int(state["nonfinite_in_a_row"])
         self.elapsed_before = float(state.get("elapsed", 0.0))
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         log.info("resuming at step %d of %d", self.step, self.total_steps)
 
     def eval_model(self) -> nn.Module:
@@ -550,8 +453,7 @@ class Trainer:
                     if self.step >= self.total_steps or self.stop_requested:
                         break
                     t0 = time.perf_counter()
-                    if not self.budget_fixed and self.step == self._fit_start_step + 1:
-                        self._budget_mark = (t0, self.step, self._overhead)  # step 1 is warm-up
+                    self.budget.step_started(t0, self.step, self._fit_start_step, self._overhead)
                     if self._train_dataset is not None:  # None on cached features
                         self._train_dataset.note_replaced(targets)
                     row = self._train_step(images, targets, scaler)
@@ -559,8 +461,7 @@ class Trainer:
                     self.step += 1
                     row["images_per_s"] = len(targets) * self.dist.world_size / max(1e-9, time.perf_counter() - t0)
                     row["elapsed_s"] = self.elapsed_before + time.perf_counter() - self._start
-                    if not self.budget_fixed and self._budget_mark is not None:
-                        self._maybe_fit_budget()
+                    self._maybe_fit_budget()
                     if self.logger is not None and (self.step % cfg.run.log_every == 0 or self.step == 1):
                         self.logger.log_step(row)
                     if progress is not None:
@@ -597,40 +498,29 @@ class Trainer:
         )
 
     def _maybe_fit_budget(self) -> None:
-        """Fit the schedule into the time budget: first after a few timed steps, then again every
-        few steps (early steps are often slower than later ones) until half of it has run.
-
-        Steps are timed without the evaluations and checkpoints between them, and the last
-        evaluation's duration is spread over the steps between two evaluations.
-        """
-        done = self.step - 1 - self._fit_start_step
-        if done < _BUDGET_PROBE_STEPS or (done - _BUDGET_PROBE_STEPS) % _BUDGET_REFIT_EVERY:
-            return
-        assert self._budget_mark is not None
-        first = self._budget_cap is None
-        if self._budget_cap is None:
-            self._budget_cap = self.total_steps
+        """Let the time budget shorten the schedule (see :class:`TimeBudget`); the first fit also
+        shortens the warm-up to at most a tenth of the fitted run."""
+        first = self.budget.cap is None
         now = time.perf_counter()
-        mark_time, mark_step, mark_overhead = self._budget_mark
-        per_step = (now - mark_time - (self._overhead - mark_overhead)) / max(1, self.step - mark_step)
-        if done >= _BUDGET_REFIT_EVERY:  # from now on, time the most recent steps only
-            self._budget_mark = (now, self.step, self._overhead)
-        budget = float(self.config.run.time_budget_minutes or 0) * 60.0
-        remaining = budget - (self.elapsed_before + now - self._start)
-        every = self.config.run.eval_every * self.steps_per_epoch
-        if every > 0 and self._eval_seconds > 0:
-            per_step += self._eval_seconds / every  # the evaluations' share of each step
-        fit = self.step + max(0, int(remaining / per_step))
-        if self.dist.enabled:
-            fit = int(all_reduce_sum(torch.tensor(fit)).item() // self.dist.world_size)
-        self.total_steps = max(self.step, min(self._budget_cap, fit))
+
+        def mean_over_ranks(fit: int) -> int:
+            return int(all_reduce_sum(torch.tensor(fit)).item() // self.dist.world_size)
+
+        fitted = self.budget.refit(
+            now=now, step=self.step, first_step=self._fit_start_step, total_steps=self.total_steps,
+            elapsed=self.elapsed_before + now - self._start, overhead=self._overhead,
+            eval_seconds=self._eval_seconds,
+            steps_per_eval=self.config.run.eval_every * self.steps_per_epoch,
+            agree=mean_over_ranks if self.dist.enabled else int,
+        )
+        if fitted is None:
+            return
+        self.total_steps, per_step = fitted
         if first:
             self.warmup_steps = min(self.warmup_steps, max(1, self.total_steps // 10))
-        if self.step >= self.total_steps // 2:
-            self.budget_fixed = True
         log.info(
             "%.2f s/step (evaluations included): %d steps fit the %.1f-minute budget",
-            per_step, self.total_steps, budget / 60,
+            per_step, self.total_steps, float(self.config.run.time_budget_minutes or 0),
         )
 
     def _train_step(
