@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..detection.transform import ImageSource, preprocess_batch, scale_boxes_to_original
+from ..detection.transform import ImageSource, as_sources, preprocess_batch, scale_boxes_to_original
 from .export import OnnxMetadata, require
 from .onnx_format import KIND_DETECTIONS
 
@@ -152,12 +152,7 @@ class OnnxDetector:
         Same pre-processing and output as :meth:`efficientdet.detection.detector.Detector.predict`:
         boxes ``Tensor[K, 4]`` xyxy in each image's original pixels.
         """
-        if isinstance(images, (list, tuple)):
-            sources = list(images)
-        elif isinstance(images, Tensor) and images.dim() == 4:
-            sources = list(images.unbind(0))
-        else:
-            sources = [images]
+        sources = as_sources(images)
         if not sources:
             return []
         meta = self.metadata

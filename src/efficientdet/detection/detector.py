@@ -19,7 +19,7 @@ from ..config import ModelConfig, check_image_size, feature_sizes
 from .anchors import Anchors
 from .loss import LossConfig, build_targets, compute_loss
 from .postprocess import PostprocessConfig, postprocess
-from .transform import ImageSource, preprocess_batch, scale_boxes_to_original
+from .transform import ImageSource, as_sources, preprocess_batch, scale_boxes_to_original
 
 Target = Mapping[str, Tensor]
 Detections = list[dict[str, Tensor]]
@@ -254,12 +254,7 @@ class Detector(nn.Module):
             One dict per image ``{"boxes": Tensor[K, 4] xyxy original pixels,
             "scores": Tensor[K], "labels": Tensor[K] int64}``.
         """
-        if isinstance(images, (list, tuple)):
-            sources = list(images)
-        elif isinstance(images, Tensor) and images.dim() == 4:
-            sources = list(images.unbind(0))
-        else:
-            sources = [images]
+        sources = as_sources(images)
         if not sources:
             return []
         config = self.config

@@ -45,6 +45,7 @@ __all__ = [
     "load_image",
     "preprocess_batch",
     "scale_boxes_to_original",
+    "as_sources",
 ]
 
 ImageSource = str | Path | Image.Image | np.ndarray | torch.Tensor
@@ -341,6 +342,16 @@ def letterbox(
     content.copy_(pixels)
     content.mul_(scale_a).sub_(scale_b)
     return out, LetterboxInfo(scale=scale, original_size=(h, w), input_size=(input_h, input_w))
+
+
+def as_sources(images: ImageSource | Sequence[ImageSource]) -> list[ImageSource]:
+    """One image source, a list or tuple of them, or a ``Tensor[B, C, H, W]`` batch, as a list
+    of single sources (what ``predict`` methods accept)."""
+    if isinstance(images, (list, tuple)):
+        return list(images)
+    if isinstance(images, torch.Tensor) and images.dim() == 4:
+        return list(images.unbind(0))
+    return [images]  # type: ignore[list-item]
 
 
 def preprocess_batch(
