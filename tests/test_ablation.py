@@ -82,33 +82,55 @@ def test_run_ablation_rejects_bad_requests(tmp_path: Path) -> None:
         run_ablation(["fpn"], out_dir=tmp_path, train_steps=5, cost_settings=(TINY,))
 
 
-def test_train_steps_call_the_training_function_per_row(tmp_path: Path) -> None:
-    calls: list[tuple[str, str, int, int, Path]] = []
+def test_train_steps_call_the_training_function_per_row_and_seed(tmp_path: Path) -> None:
+    calls: list[tuple[str, str, int, int, Path, int]] = []
 
-    def fake_train(config, steps: int, run_dir: Path) -> ShortTrainResult:
-        calls.append((config.neck, config.fusion, config.fpn_repeats, steps, run_dir))
-        ap = 0.25 if config.fusion == "sum" else 0.5
-        return ShortTrainResult(ap, {"AP": ap}, config.fusion == "sum", run_dir, steps, 1.0)
+    def fake_train(config, steps: int, run_dir: Path, *, seed: int) -> ShortTrainResult:
+        calls.append((config.neck, config.fusion, config.fpn_repeats, steps, run_dir, seed))
+        ap = (0.25 if config.fusion == "sum" else 0.5) + 0.1 * seed
+        metrics = {"AP": ap, "AP50": 2 * ap, "AP_small": -1.0, "AP_medium": ap, "AP_large": ap}
+        return ShortTrainResult(ap, metrics, config.fusion == "sum", run_dir, steps, 1.0)
 
-    rows = run_ablation(
-        ["fpn", "bifpn"], out_dir=tmp_path, train_steps=3, train_fn=fake_train,
-        train_setting=TINY, cost_settings=(TINY,), latency_setting=None, fusions=("sum",),
-        echo=None,
-    )
-    assert [(c[0], c[1], c[2], c[3]) for c in calls] == [
-        ("fpn", "fast", 2, 3), ("bifpn", "fast", 1, 3), ("bifpn", "sum", 1, 3)
+    def run(train_fn) -> list:
+        return run_ablation(
+            ["fpn", "bifpn"], out_dir=tmp_path, train_steps=3, train_fn=train_fn,
+            train_setting=TINY, cost_settings=(TINY,), latency_setting=None, fusions=("sum",),
+            seeds=2, echo=None,
+        )
+
+    rows = run(fake_train)
+    assert [(c[0], c[1], c[2], c[3], c[5]) for c in calls] == [
+        ("fpn", "fast", 2, 3, 0), ("fpn", "fast", 2, 3, 1), ("bifpn", "fast", 1, 3, 0),
+        ("bifpn", "fast", 1, 3, 1), ("bifpn", "sum", 1, 3, 0), ("bifpn", "sum", 1, 3, 1),
     ]
-    assert calls[2][4] == tmp_path / "train" / "bifpn-sum"
-    assert [r.ap for r in rows] == [0.5, 0.5, 0.25]
+    assert calls[5][4] == tmp_path / "train" / "bifpn-sum" / "seed-1"
+    assert [r.ap for r in rows] == pytest.approx([0.55, 0.55, 0.30])
+    assert rows[0].accuracy.std("AP") == pytest.approx(0.1 / 2**0.5)  # sample std of 0.5, 0.6
+    assert rows[0].accuracy.values("AP_small") == []  # COCO's -1: no small boxes
     assert [r.pretrained_backbone for r in rows] == [False, False, True]
     markdown = (tmp_path / "ablation.md").read_text()
-    assert "3 steps at tiny: test_efficientnet backbone" in markdown
-    assert "| bifpn/sum | 0.2500 | yes | 43.94 |" in markdown
-    assert "| fpn | 0.5000 | no (from scratch) | 42.29 |" in markdown
+    assert "3 steps at tiny: test_efficientnet backbone" in markdown and "2 seed(s) each" in markdown
+    assert "| bifpn/sum | 0.300 ± 0.071 | 0.600 ± 0.141 |  | 0.300 ± 0.071 |" in markdown
+    assert "| no (from scratch) | 42.29 |" in markdown
+    assert (tmp_path / "ablation_ap.png").stat().st_size > 0
     with (tmp_path / "ablation.csv").open() as f:
         records = list(csv.DictReader(f))
-    assert [r["ap"] for r in records] == ["0.5", "0.5", "0.25"]
+    assert [r["ap"] for r in records] == ["0.55", "0.55", "0.3"]
+    assert [r["seeds"] for r in records] == ["2", "2", "2"]
     assert [r["pretrained_backbone"] for r in records] == ["false", "false", "true"]
+
+    # Run again: every training is read back from its record, none is repeated.
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("a recorded training ran again")
+
+    again = run(must_not_train)
+    assert [r.ap for r in again] == pytest.approx([0.55, 0.55, 0.30])
+    assert all(r.accuracy.reused == 2 for r in again)
+    # A study stopped part-way: one record missing is trained again, the others reused.
+    (tmp_path / "train" / "bifpn" / "seed-1" / "result.json").unlink()
+    calls.clear()
+    run(fake_train)
+    assert [(c[0], c[1], c[5]) for c in calls] == [("bifpn", "fast", 1)]
 
 
 def test_cli_arguments_and_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -28,6 +28,9 @@ def add_ablate_arguments(parser: argparse.ArgumentParser) -> None:
         "--train-steps", type=int, default=0, metavar="N",
         help="also train each detector N steps (demo recipe, Lite0 size) and report validation AP",
     )
+    parser.add_argument("--seeds", type=int, default=1, metavar="N",
+                        help="trainings per neck with seeds 0..N-1: AP as mean and spread (default: 1); "
+                             "finished ones are recorded, so running the same command again resumes")
     parser.add_argument("--train-batch", type=int, metavar="N",
                         help="images per training step (default: the demo recipe's)")
     parser.add_argument("--data", type=Path, metavar="YAML",
@@ -50,7 +53,7 @@ def _training_options(args: argparse.Namespace) -> list[str]:
     """The training options of ``args`` as command-line words (for the record)."""
     if not args.train_steps:
         return []
-    words = ["--train-steps", str(args.train_steps)]
+    words = ["--train-steps", str(args.train_steps), "--seeds", str(args.seeds)]
     for option, value in (
         ("--train-batch", args.train_batch), ("--data", args.data),
         ("--demo-train", args.demo_train), ("--demo-val", args.demo_val),
@@ -95,6 +98,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         fusions=args.fusions,
         train_fn=short_train_fn(args) if args.train_steps > 0 else None,
         train_setting=ablation.DEFAULT_TRAIN_SETTING,
+        seeds=args.seeds,
         command=command,
     )
     return 0

@@ -34,6 +34,7 @@ from ..modeling.model import EfficientDet
 from ..modeling.necks import NECKS
 from ..modeling.profile import count_multiply_adds, count_parameters
 from ..modeling.registry import get_config
+from .repeats import ACCURACY_KEYS, Repeats, train_repeats
 
 if TYPE_CHECKING:
     from .short_train import ShortTrainResult
@@ -46,7 +47,7 @@ DEFAULT_FUSION = "fast"
 
 # Trains a detector configuration for some steps in a run folder, returns its validation AP
 # (e.g. efficientdet.studies.short_train.short_train with the data bound).
-TrainFn = Callable[[ModelConfig, int, Path], "ShortTrainResult"]
+TrainFn = Callable[..., "ShortTrainResult"]  # (config, steps, run_dir, seed=k)
 
 
 @dataclass(frozen=True)
@@ -126,8 +127,10 @@ class AblationRow:
     fusion: str
     costs: dict[str, NeckCost] = field(default_factory=dict)  # by setting name
     latency: Latency | None = None  # CPU latency at the latency setting
-    ap: float | None = None  # validation AP after the short training
+    ap: float | None = None  # validation AP after the short training (mean over the seeds)
     pretrained_backbone: bool | None = None  # whether that training started from ImageNet weights
+    accuracy: Repeats | None = None  # every seed's validation metrics
+    train_cost: NeckCost | None = None  # the neck's size at the trained setting
 
     @property
     def label(self) -> str:
@@ -160,6 +163,14 @@ class AblationRow:
         out["neck_cpu_ms"] = _round(lat.neck_cpu_ms if lat else None)
         out["model_cpu_ms"] = _round(lat.model_cpu_ms if lat else None)
         out["ap"] = _round(self.ap, 4)
+        acc = self.accuracy
+        out["seeds"] = len(acc.runs) if acc else ""
+        for key in ACCURACY_KEYS:
+            column = key.lower()
+            if key != "AP":
+                out[column] = _round(acc.mean(key) if acc and acc.values(key) else None, 4)
+            out[f"{column}_std"] = _round(acc.std(key) if acc and acc.values(key) else None, 4)
+        out["train_neck_macs"] = self.train_cost.macs if self.train_cost else ""
         pretrained = self.pretrained_backbone
         out["pretrained_backbone"] = "" if pretrained is None else str(pretrained).lower()
         return out
@@ -299,6 +310,7 @@ def run_ablation(
     fusions: Sequence[str] = FUSION_COMPARISON,
     train_fn: TrainFn | None = None,
     train_setting: AblationSetting = DEFAULT_TRAIN_SETTING,
+    seeds: int = 1,
     command: str | None = None,
     echo: Callable[[str], None] | None = print,
 ) -> list[AblationRow]:
@@ -315,11 +327,14 @@ def run_ablation(
         latency_setting: size at which CPU latency is measured (``None``: skip).
         latency_runs: timed runs per model (median and fastest reported; two warm-up runs).
         fusions: fusion methods compared on BiFPN (one row each; other necks use ``fast``).
-        train_fn: ``(config, steps, run_dir) -> ShortTrainResult`` (validation AP, whether the
-            backbone was pretrained), the same short training for every neck, e.g.
+        train_fn: ``(config, steps, run_dir, seed=k) -> ShortTrainResult`` (validation metrics,
+            whether the backbone was pretrained), the same short training for every neck, e.g.
             :func:`efficientdet.studies.short_train.short_train` with the data bound; needed when
             ``train_steps > 0``.
         train_setting: the detector size that is trained.
+        seeds: trainings per row (seeds ``0..seeds-1``); each finished one is recorded under
+            ``out_dir/train/<row>/seed-<k>/``, and running again reuses the records, so a
+            study that was stopped resumes where it was (:mod:`efficientdet.studies.repeats`).
         command: the command line to record in the Markdown.
         echo: progress and the final table go here (``None``: silent).
 
@@ -363,15 +378,22 @@ def run_ablation(
                 f"1-thread CPU {latency.neck_cpu_ms:.1f})   network {latency.model_ms:7.1f} ms "
                 f"(best {latency.model_best_ms:.1f}, 1-thread CPU {latency.model_cpu_ms:.1f})"
             )
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
     if train_steps > 0:
         assert train_fn is not None
-        say(f"training each for {train_steps} steps at {train_setting.describe()}")
+        say(f"training each {seeds} time(s) for {train_steps} steps at {train_setting.describe()}")
         for row in rows:
             config = ablation_config(train_setting, row.neck, row.fusion)
-            result = train_fn(config, train_steps, out_dir / "train" / row.label.replace("/", "-"))
-            row.ap, row.pretrained_backbone = result.ap, result.pretrained_backbone
-            origin = "ImageNet backbone" if result.pretrained_backbone else "backbone from scratch"
-            say(f"  {row.label:14s} AP {row.ap:.4f} ({origin})")
+            say(f"  {row.label}")
+            row.accuracy = train_repeats(
+                train_fn, config, train_steps, out_dir / "train" / row.label.replace("/", "-"),
+                range(seeds), say=say,
+            )
+            row.ap, row.pretrained_backbone = row.accuracy.mean("AP"), row.accuracy.pretrained_backbone
+            row.train_cost = measure_cost(config)
+            origin = "ImageNet backbone" if row.pretrained_backbone else "backbone from scratch"
+            say(f"  {row.label:14s} AP {row.accuracy.text('AP')} ({origin})")
 
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown = format_markdown(
@@ -381,6 +403,8 @@ def run_ablation(
     (out_dir / "ablation.md").write_text(markdown)
     write_csv(rows, out_dir / "ablation.csv")
     plot_ablation(rows, out_dir / "ablation.png", cost_settings, latency_setting)
+    if any(row.accuracy is not None for row in rows):
+        plot_accuracy(rows, out_dir / "ablation_ap.png", train_setting)
     say(markdown)
     say(f"wrote {out_dir / 'ablation.md'}, {out_dir / 'ablation.csv'}, {out_dir / 'ablation.png'}")
     return rows
@@ -497,23 +521,29 @@ def format_markdown(
             ),
             "",
         ]
-    trained = [row for row in rows if row.ap is not None]
+    trained = [row for row in rows if row.accuracy is not None]
     if trained:
+        runs = max(len(row.accuracy.runs) for row in trained if row.accuracy is not None)
         lines += ["## Validation AP after the same short training", ""]
         where = f" at {train_setting.describe()}" if train_setting is not None else ""
         steps = f"{train_steps} steps" if train_steps else "the same steps"
         lines += [
-            f"{steps}{where}, with the demo's recipe (`efficientdet.train.recipes.DEMO_RECIPE`); COCO "
-            "AP[.5:.95] on the validation split. The paper's AP is COCO val after full "
-            "training, for the ordering only.",
+            f"{steps}{where}, with the demo's recipe (`efficientdet.train.recipes.DEMO_RECIPE`), "
+            f"{runs} seed(s) each: mean ± sample standard deviation over the seeds of COCO "
+            "AP[.5:.95], AP50 and AP by object size on the validation split (chart: "
+            "`ablation_ap.png`, AP against the neck's multiply-adds). The paper's AP is COCO val "
+            "after full training, for the ordering only.",
             "",
-            "| neck | AP | ImageNet backbone | paper AP |",
-            "|---|---|---|---|",
+            "| neck | AP | AP50 | AP small | AP medium | AP large | neck GMACs | ImageNet backbone | paper AP |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for row in trained:
+            assert row.accuracy is not None
             pretrained = {True: "yes", False: "no (from scratch)", None: ""}[row.pretrained_backbone]
             paper_ap = f"{row.paper.ap:.2f}" if row.paper else ""
-            lines.append(f"| {row.label} | {row.ap:.4f} | {pretrained} | {paper_ap} |")
+            macs = f"{row.train_cost.macs / 1e9:.3f}" if row.train_cost else ""
+            cells = [row.accuracy.text(key) for key in ACCURACY_KEYS]
+            lines.append(f"| {row.label} | {' | '.join(cells)} | {macs} | {pretrained} | {paper_ap} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -564,6 +594,33 @@ def plot_ablation(
         ax.set_ylabel("single-thread CPU ms (median, batch 1)")
         ax.set_title(f"CPU time at {latency_setting.name}")
         ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def plot_accuracy(
+    rows: Sequence[AblationRow], path: Path, train_setting: AblationSetting | None = None
+) -> None:
+    """A PNG in the style of the paper's Figure 1: validation AP (mean, with the seeds'
+    standard deviation as error bars) against the neck's multiply-adds at the trained size."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.5, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for row in rows:
+        if row.accuracy is None or row.train_cost is None:
+            continue
+        x = row.train_cost.macs / 1e9
+        ax.errorbar([x], [row.accuracy.mean("AP")], yerr=[row.accuracy.std("AP")], fmt="o",
+                    capsize=3, label=row.label)
+        ax.annotate(row.label, (x, row.accuracy.mean("AP")), textcoords="offset points",
+                    xytext=(4, 4), fontsize="small")
+    ax.set_xlabel("neck multiply-adds (G)" + (f" at {train_setting.name}" if train_setting else ""))
+    ax.set_ylabel("validation AP[.5:.95] (mean ± std over seeds)")
+    ax.set_title("accuracy against cost of each neck")
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
