@@ -168,15 +168,21 @@ def test_cli_runs_the_study(tmp_path, capsys) -> None:
 def test_study_with_training_reports_ap(tmp_path, tiny_demo) -> None:
     settings = StudySettings(
         phis=(1.0,), base=TINY, rules=NO_RESOLUTION, dimensions=("width",), latency_repeats=0,
-        train_steps=1, train_batch_size=2, data=str(tiny_demo.data_yaml),
+        train_steps=1, train_batch_size=2, data=str(tiny_demo.data_yaml), seeds=2,
     )
     result = run_study(settings, tmp_path, report=lambda _: None)
     assert [r.method for r in result.rows] == ["baseline", "compound", "width"]
     assert all(r.ap is not None and 0.0 <= r.ap <= 1.0 for r in result.rows)
+    assert all(r.accuracy is not None and r.accuracy.seeds == [0, 1] for r in result.rows)
     assert all(r.config.num_classes == 10 for r in result.rows)  # the data's class count
     assert all(r.latency_ms is None for r in result.rows)
     # The shared short training, with the demo's recipe (efficientdet.studies.short_train).
-    saved = yaml.safe_load((tmp_path / "runs" / result.rows[2].config.name / "config.yaml").read_text())
+    saved = yaml.safe_load(
+        (tmp_path / "runs" / result.rows[2].config.name / "seed-1" / "config.yaml").read_text()
+    )
     assert saved["optim"]["optimizer"] == "adamw" and saved["run"]["max_steps"] == 1
     assert saved["model"]["pretrained_backbone"] is False
+    assert saved["run"]["seed"] == 1
     assert "the demo's recipe" in (tmp_path / "scaling_study.md").read_text()
+    again = run_study(settings, tmp_path, report=lambda _: None)  # resumes: nothing trains again
+    assert all(r.accuracy is not None and r.accuracy.reused == 2 for r in again.rows)

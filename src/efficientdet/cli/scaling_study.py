@@ -36,6 +36,9 @@ def add_scaling_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--demo-val", type=int, default=32)
     parser.add_argument("--pretrained-backbone", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="trainings per configuration (seeds SEED..SEED+N-1); finished ones are "
+                             "recorded, so the same command resumes")
     parser.add_argument("--out", default="runs/scaling-study", help="output folder")
 
 
@@ -49,7 +52,7 @@ def cmd_scaling_study(args: argparse.Namespace) -> int:
         latency_batch=args.batch_size, latency_repeats=args.repeats, latency_warmup=args.warmup,
         threads=args.threads, train_steps=args.train_steps, train_batch_size=args.train_batch_size,
         data=args.data, demo_train=args.demo_train, demo_val=args.demo_val,
-        pretrained_backbone=args.pretrained_backbone, seed=args.seed,
+        pretrained_backbone=args.pretrained_backbone, seed=args.seed, seeds=args.seeds,
     )
     command = "efficientdet " + " ".join(sys.argv[1:]) if sys.argv[1:] else None
     result = run_study(settings, args.out, command=command)

@@ -19,6 +19,7 @@ the same short training. Results go to ``scaling_study.md``, ``.csv`` and ``.png
 from __future__ import annotations
 
 import csv
+import functools
 import logging
 import math
 import os
@@ -38,6 +39,7 @@ from ..modeling.scaling import (
     compound_config,
     round_half_up,
 )
+from .repeats import Repeats, train_repeats
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,7 @@ class StudySettings:
     demo_val: int = 32
     pretrained_backbone: bool = False
     seed: int = 0
+    seeds: int = 1
     rules: CompoundRules = field(default_factory=CompoundRules)
 
     def __post_init__(self) -> None:
@@ -107,6 +110,8 @@ class StudySettings:
             raise ValueError("resolution_search_step and threads must be >= 1, latency_repeats >= 0")
         if self.train_steps < 0:
             raise ValueError(f"train_steps must be >= 0, got {self.train_steps}")
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
 
 
 @dataclass
@@ -122,7 +127,8 @@ class StudyRow:
     target_multiply_adds: int
     latency_ms: float | None = None
     latency_min_ms: float | None = None
-    ap: float | None = None
+    ap: float | None = None  # mean over the seeds
+    accuracy: Repeats | None = None  # every seed's validation metrics
 
     @property
     def flops_ratio(self) -> float:
@@ -146,6 +152,9 @@ class StudyRow:
             "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 1),
             "latency_min_ms": None if self.latency_min_ms is None else round(self.latency_min_ms, 1),
             "ap": None if self.ap is None else round(self.ap, 4),
+            "ap_std": None if self.accuracy is None else round(self.accuracy.std("AP"), 4),
+            "ap50": None if self.accuracy is None else round(self.accuracy.mean("AP50"), 4),
+            "seeds": None if self.accuracy is None else len(self.accuracy.runs),
         }
 
 
@@ -426,17 +435,21 @@ def run_study(
                 f"{_load_average():.1f} on {os.cpu_count()} cores; a load above the thread "
                 "count means other processes shared the cores and latencies are inflated."
             )
+    seeds = range(settings.seed, settings.seed + settings.seeds)
     for row in rows:
         if data is not None:
             from .short_train import short_train
 
-            row.ap = short_train(
-                row.config, settings.train_steps, out / "runs" / row.config.name, data=data,
-                batch_size=settings.train_batch_size, seed=settings.seed,
+            train_fn = functools.partial(
+                short_train, data=data, batch_size=settings.train_batch_size,
                 pretrained_backbone=settings.pretrained_backbone,
-            ).ap
+            )
+            row.accuracy = train_repeats(
+                train_fn, row.config, settings.train_steps, out / "runs" / row.config.name, seeds
+            )
+            row.ap = row.accuracy.mean("AP")
         latency = "" if row.latency_ms is None else f", {row.latency_ms:.0f} ms"
-        ap = "" if row.ap is None else f", AP {row.ap:.4f}"
+        ap = "" if row.accuracy is None else f", AP {row.accuracy.text('AP')}"
         report(f"{row.method:>10s} phi={row.phi:g} {row.knob}: {row.multiply_adds / 1e9:.2f} GMACs{latency}{ap}")
     result = StudyResult(rows)
     result.files = write_outputs(rows, settings, out, command=command, notes=notes)
@@ -502,7 +515,9 @@ def write_outputs(
         text += ["", f"AP: COCO AP on the validation split after {settings.train_steps} training "
                  f"steps at batch {settings.train_batch_size} with the demo's recipe "
                  f"(`efficientdet.train.recipes.DEMO_RECIPE`; pretrained backbone: {settings.pretrained_backbone}); "
-                 f"data `{settings.data or 'demo digit scenes'}`."]
+                 f"data `{settings.data or 'demo digit scenes'}`; {settings.seeds} seed(s) per "
+                 "configuration: `ap` is the mean, `ap_std` the sample standard deviation. "
+                 "Finished trainings are recorded under `runs/`, so the same command resumes."]
     text += [line for note in notes for line in ("", note)]
     if command:
         text += ["", "Command:", "", "```", command, "```"]
@@ -538,6 +553,12 @@ def plot_study(rows: Sequence[StudyRow], path: Path) -> None:
             if points:
                 xs, ys = zip(*points, strict=True)
                 ax.plot(xs, ys, marker="o", label=method)
+                if label == "validation AP":  # the seeds' spread
+                    members = [r for r in [*baseline, *[r for r in rows if r.method == method]] if r.accuracy]
+                    ax.errorbar([r.multiply_adds / 1e9 for r in members],
+                                [r.accuracy.mean("AP") for r in members if r.accuracy],
+                                yerr=[r.accuracy.std("AP") for r in members if r.accuracy],
+                                fmt="none", capsize=3, color=ax.lines[-1].get_color())
         ax.set_xlabel("multiply-adds (G)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
