@@ -347,6 +347,13 @@ def _cmd_scaling_study(args: argparse.Namespace) -> int:
     return cmd_scaling_study(args)
 
 
+@command("serve")
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import cmd_serve
+
+    return cmd_serve(args)
+
+
 @command("export")
 def _cmd_export(args: argparse.Namespace) -> int:
     from .export import cmd_export
@@ -385,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .create import add_create_arguments
     from .export import add_export_arguments
     from .scaling_study import add_scaling_study_arguments
+    from .serve import add_serve_arguments
 
     add_ablate_arguments(sub.add_parser("ablate", help="compare the feature networks (necks)"))
     add_export_arguments(
@@ -392,6 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_create_arguments(
         sub.add_parser("create", help="build a compound-scaled model (any phi) and save it")
+    )
+    add_serve_arguments(
+        sub.add_parser("serve", help="HTTP API (POST /predict) and web UI for a detector")
     )
     add_scaling_study_arguments(
         sub.add_parser("scaling-study", help="compound vs single-dimension scaling at matched FLOPs")

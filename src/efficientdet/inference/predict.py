@@ -55,6 +55,7 @@ __all__ = [
     "PredictionFailure",
     "PredictionReport",
     "collect_sources",
+    "detection_records",
     "is_video",
     "iter_sources",
     "parse_shard",
@@ -397,6 +398,27 @@ class _Labels:
                 item["category"] = self._names[int(label)]
             found.append(item)
         return found
+
+
+def detection_records(
+    prediction: Mapping[str, torch.Tensor],
+    *,
+    class_names: ClassNames | None = None,
+    label_to_category_id: LabelMap | None = None,
+) -> list[dict[str, Any]]:
+    """One detector result as JSON-ready dicts, the form ``predictions.jsonl`` uses.
+
+    Args:
+        prediction: ``{"boxes": Tensor[K, 4] xyxy, "scores": Tensor[K], "labels": Tensor[K]}``.
+        class_names: names by label; adds ``"category"``.
+        label_to_category_id: label -> category id (mapping or sequence); default the label.
+
+    Returns:
+        ``K`` dicts ``{"box": [x1, y1, x2, y2], "score", "label", "category_id"[, "category"]}``,
+        boxes rounded to 0.01 px and scores to 1e-5.
+    """
+    boxes, scores, labels = _check_prediction(prediction, 0)
+    return _Labels(label_to_category_id, class_names).detections(boxes, scores, labels)
 
 
 def _read_lines(path: Path) -> Iterator[tuple[int, int, dict[str, Any] | None]]:
