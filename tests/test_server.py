@@ -225,3 +225,69 @@ def test_serve_command_needs_weights(capsys):
 
     assert main(["serve"]) == 2
     assert "serve needs --weights FILE or --model NAME --pretrained" in capsys.readouterr().err
+
+
+def _chrome_driver():
+    """A headless Chromium through Debian's chromium-driver, or a skip saying what is missing."""
+    import shutil
+
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    if browser is None or driver_path is None:
+        pytest.skip("chromium and chromium-driver are not installed (apt-get install chromium "
+                    "chromium-driver)")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                 "--window-size=900,900"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(driver_path), options=options)
+
+
+def test_web_ui_in_a_browser_draws_the_detections(predictor, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    picture = tmp_path / "street.png"
+    Image.new("RGB", (320, 240), (90, 140, 200)).save(picture)
+    driver = _chrome_driver()
+    try:
+        with LiveServer(create_app(predictor)) as url:
+            expected = httpx.post(
+                f"{url}/predict", files={"file": ("street.png", picture.read_bytes(), "image/png")}
+            ).json()["detections"]
+            driver.get(f"{url}/")
+            threshold = driver.find_element(By.ID, "threshold")
+            threshold.clear()
+            threshold.send_keys("0")
+            driver.find_element(By.ID, "file").send_keys(str(picture))
+            WebDriverWait(driver, 60).until(
+                lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state")
+                in ("done", "error")
+            )
+            status = driver.find_element(By.ID, "status").text
+            items = [
+                item.get_attribute("data-category")
+                for item in driver.find_elements(By.CSS_SELECTOR, "#detections li.detection")
+            ]
+            canvas_size = driver.execute_script(
+                "const c = document.getElementById('canvas'); return [c.width, c.height];"
+            )
+            drawn = driver.execute_script(
+                "const c = document.getElementById('canvas').getContext('2d');"
+                "const d = c.getImageData(0, 0, 320, 240).data; let n = 0;"
+                "for (let i = 0; i < d.length; i += 4) {"
+                "  if (d[i] !== 90 || d[i + 1] !== 140 || d[i + 2] !== 200) n++; }"
+                "return n;"
+            )
+            driver.save_screenshot(str(tmp_path / "webui.png"))
+    finally:
+        driver.quit()
+    assert status.startswith("street.png: 320x240"), status
+    assert len(items) == len(expected) > 0
+    assert items == [d["category"] for d in expected]
+    assert canvas_size == [320, 240]
+    assert drawn > 100  # boxes and labels were painted over the picture
