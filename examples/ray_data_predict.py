@@ -64,11 +64,15 @@ def main() -> None:
     parser.add_argument("folder", help="folder of images (read recursively)")
     parser.add_argument("--weights", required=True)
     parser.add_argument("--out", required=True, help="folder for the JSON Lines files")
-    parser.add_argument("--actors", type=int, default=2, help="detector copies")
+    parser.add_argument("--actors", type=int, default=1,
+                        help="detector copies, one CPU each; fewer than --num-cpus")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--score-threshold", type=float, default=0.3)
     parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray cluster")
     args = parser.parse_args()
+    if args.actors >= args.num_cpus:
+        # Each actor holds a CPU for good: the read tasks need one left over, or nothing moves.
+        parser.error(f"--actors {args.actors} needs --num-cpus of at least {args.actors + 1}")
 
     ray.init(num_cpus=args.num_cpus, include_dashboard=False)
     files = ray.data.read_binary_files(
@@ -78,7 +82,8 @@ def main() -> None:
     detections = files.map_batches(
         Detect, fn_constructor_kwargs={"weights": args.weights,
                                        "score_threshold": args.score_threshold},
-        batch_size=args.batch_size, concurrency=args.actors, num_cpus=1,
+        batch_size=args.batch_size, compute=ray.data.ActorPoolStrategy(size=args.actors),
+        num_cpus=1,
     )
     detections.write_json(args.out)
     ray.shutdown()
