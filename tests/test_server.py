@@ -291,3 +291,26 @@ def test_web_ui_in_a_browser_draws_the_detections(predictor, tmp_path):
     assert items == [d["category"] for d in expected]
     assert canvas_size == [320, 240]
     assert drawn > 100  # boxes and labels were painted over the picture
+
+
+def test_onnx_runtime_backend_serves_the_same_detections(tiny_checkpoint, predictor, tmp_path):
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+    import efficientdet as ed
+    from efficientdet.deploy.export import export_onnx
+
+    model = ed.create_model("efficientdet_test", num_classes=3, checkpoint=str(tiny_checkpoint))
+    model = model.eval()
+    onnx_path = tmp_path / "tiny.onnx"
+    export_onnx(model, onnx_path, batch="dynamic", class_names=CLASSES)
+    onnx_predictor = build_predictor(onnx_path, score_threshold=0.0, max_detections=5)
+    with TestClient(create_app(onnx_predictor)) as onnx_client, \
+            TestClient(create_app(predictor)) as torch_client:
+        upload = {"file": ("red.png", _png(), "image/png")}
+        from_onnx = onnx_client.post("/predict", files=upload)
+        from_torch = torch_client.post("/predict", files=upload)
+    assert from_onnx.status_code == 200, from_onnx.text
+    got, want = from_onnx.json()["detections"], from_torch.json()["detections"]
+    assert len(got) == len(want) == 5
+    assert [d["category"] for d in got] == [d["category"] for d in want]
+    for a, b in zip(got, want, strict=True):
+        assert a["box"] == pytest.approx(b["box"], abs=0.05)
