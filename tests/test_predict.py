@@ -14,7 +14,9 @@ import torch
 from PIL import Image
 
 from efficientdet.inference.predict import (
+    FAILURES_FILE,
     PREDICTIONS_FILE,
+    RECORDS_FILE,
     PredictionReport,
     collect_sources,
     is_video,
@@ -122,9 +124,9 @@ def test_run_prediction_images_with_a_corrupt_one(tmp_path, caplog):
     # Batches of at most 2, only readable images.
     assert [len(b) for b in detector.batches] == [2, 1]
     assert sorted(p.name for p in report.outputs) == ["one.png", "three.png", "two.jpg"]
-    assert sorted(p.name for p in out_dir.iterdir()) == [
-        "one.png", PREDICTIONS_FILE, "three.png", "two.jpg",
-    ]
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted([
+        "one.png", PREDICTIONS_FILE, RECORDS_FILE, FAILURES_FILE, "three.png", "two.jpg",
+    ])
 
     records = _read_json(report)
     assert len(records) == 6

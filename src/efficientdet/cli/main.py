@@ -207,11 +207,62 @@ def _read_class_file(path: str) -> list[str]:
     return names
 
 
+_PREDICT_ARGS_FILE = "predict_args.json"
+_NOT_STORED = {"command", "verbose", "resume", "quiet"}
+
+
+def _predict_args(args: argparse.Namespace) -> argparse.Namespace:
+    """The options of the run to continue (``--resume OUT``), or ``args`` checked."""
+    if args.resume:
+        if args.sources or args.out:
+            raise ValueError(
+                "--resume OUT continues a run with its own sources and options; give no SOURCE "
+                "or --out with it"
+            )
+        stored = Path(args.resume) / _PREDICT_ARGS_FILE
+        try:
+            options = json.loads(stored.read_text())
+        except FileNotFoundError:
+            raise ValueError(
+                f"{stored}: no such file; --resume takes the --out folder of an earlier predict run"
+            ) from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{stored}: not valid JSON ({e})") from None
+        cwd = options.pop("cwd", None)
+        if cwd is not None and Path(cwd).resolve() != Path.cwd().resolve():
+            raise ValueError(
+                f"{stored}: the run was started in {cwd}; resume it from there (its sources are "
+                "relative to it)"
+            )
+        merged = argparse.Namespace(**{**vars(args), **options})
+        merged.out = args.resume
+        return merged
+    if not args.sources or not args.out:
+        raise ValueError("predict needs SOURCE ... and --out (or --resume OUT)")
+    return args
+
+
+def _store_predict_args(args: argparse.Namespace) -> None:
+    """Write the run's options to ``OUT/predict_args.json`` (what ``--resume OUT`` reads)."""
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out}: the output folder exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    options = {k: v for k, v in vars(args).items() if k not in _NOT_STORED}
+    options["cwd"] = str(Path.cwd())
+    partial = out / (_PREDICT_ARGS_FILE + ".partial")
+    partial.write_text(json.dumps(options, indent=1))
+    partial.replace(out / _PREDICT_ARGS_FILE)
+
+
 @command("predict")
 def _cmd_predict(args: argparse.Namespace) -> int:
     from ..deploy.backends import build_predictor
-    from ..inference.predict import collect_sources, run_prediction
+    from ..inference.predict import iter_sources, parse_shard, run_prediction
 
+    resume = bool(args.resume)
+    args = _predict_args(args)
+    shard = parse_shard(args.shard) if args.shard else None
     predictor = build_predictor(
         args.weights, backend=args.backend, model_name=args.model, pretrained=args.pretrained,
         image_size=image_size(args.image_size), nms=args.nms, max_detections=args.max_detections,
@@ -223,11 +274,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise ValueError(
             f"{len(class_names)} class names for a model with {predictor.num_classes} classes"
         )
-    sources = collect_sources(args.sources)
+    if not resume:  # only once the weights are accepted: a refusal writes nothing
+        _store_predict_args(args)
     report = run_prediction(
-        predictor.predict_fn, sources, args.out, class_names=class_names,
+        predictor.predict_fn, iter_sources(args.sources), args.out, class_names=class_names,
         label_to_category_id=predictor.label_to_category_id, score_threshold=args.score_threshold,
-        batch_size=args.batch_size, progress=not args.quiet,
+        batch_size=args.batch_size, progress=not args.quiet, resume=resume, shard=shard,
     )
     print(report.summary())
     for failure in report.failures:
@@ -275,6 +327,13 @@ def _cmd_scaling_study(args: argparse.Namespace) -> int:
     return cmd_scaling_study(args)
 
 
+@command("serve")
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import cmd_serve
+
+    return cmd_serve(args)
+
+
 @command("export")
 def _cmd_export(args: argparse.Namespace) -> int:
     from .export import cmd_export
@@ -313,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .create import add_create_arguments
     from .export import add_export_arguments
     from .scaling_study import add_scaling_study_arguments
+    from .serve import add_serve_arguments
 
     add_ablate_arguments(sub.add_parser("ablate", help="compare the feature networks (necks)"))
     add_export_arguments(
@@ -320,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_create_arguments(
         sub.add_parser("create", help="build a compound-scaled model (any phi) and save it")
+    )
+    add_serve_arguments(
+        sub.add_parser("serve", help="HTTP API (POST /predict) and web UI for a detector")
     )
     add_scaling_study_arguments(
         sub.add_parser("scaling-study", help="compound vs single-dimension scaling at matched FLOPs")
@@ -354,12 +417,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int, default=0, help="launch N processes with torchrun (DDP)")
 
     p = sub.add_parser("predict", help="detect objects in images, folders, globs and videos")
-    p.add_argument("sources", nargs="+", metavar="SOURCE", help="image files, folders, globs, videos")
+    p.add_argument("sources", nargs="*", metavar="SOURCE",
+                   help="image files, folders, globs (** recurses), videos; read lazily, in "
+                   "sorted order per folder")
     p.add_argument("--weights", help="trained checkpoint (.safetensors), effdet state dict or .onnx export")
     p.add_argument("--model", help="architecture, when the weights file does not record it")
     p.add_argument("--pretrained", action="store_true", help=_PRETRAINED_HELP)
     p.add_argument("--classes", help="text file with one class name per line")
-    p.add_argument("--out", required=True, help="output folder (pictures and predictions.json)")
+    p.add_argument("--out", help="output folder: pictures, predictions.jsonl (written as it goes), "
+                   "predictions.json (at the end)")
+    p.add_argument("--resume", metavar="OUT",
+                   help="continue the run in OUT (killed or stopped) with its sources and options")
+    p.add_argument("--shard", metavar="I/N",
+                   help="only inputs I, I+N, I+2N, ... of the input order (0 <= I < N); run N "
+                   "copies, each with its own --out, for the whole set")
     p.add_argument("--score-threshold", type=float, default=0.3, help="draw and keep detections above this")
     p.add_argument("--all-scores", action="store_true", help="write every detection to the JSON (evaluation)")
     p.add_argument("--max-detections", type=int, default=100)

@@ -26,9 +26,10 @@ tensors:
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,9 +41,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 __all__ = [
     "ImageReadError",
     "ImageSource",
+    "ImageTooLargeError",
     "LetterboxInfo",
     "letterbox",
     "load_image",
+    "load_image_bytes",
     "preprocess_batch",
     "scale_boxes_to_original",
     "as_sources",
@@ -149,7 +152,52 @@ def _load_file(path: Path) -> Image.Image:
     try:
         if path.stat().st_size == 0:
             raise ImageReadError(name, "file is empty (0 bytes)")
-        with Image.open(path) as im:
+    except PermissionError as e:
+        raise ImageReadError(name, "cannot be read (permission denied)") from e
+    return _decode(lambda: Image.open(path), name)
+
+
+class ImageTooLargeError(ImageReadError):
+    """An image with more pixels than the caller allows (found from its header, undecoded)."""
+
+
+def load_image_bytes(
+    data: bytes, name: str = "<bytes>", *, max_pixels: int | None = None
+) -> Image.Image:
+    """Decode an encoded image (an upload, say) into an upright 8-bit RGB image.
+
+    The same rules as :func:`load_image` for a file, with ``name`` in the messages.
+
+    Args:
+        data: the file's bytes (JPEG, PNG, ... anything Pillow reads).
+        name: what to call it in error messages.
+        max_pixels: refuse images whose header says width x height is above this, before
+            decoding them (:class:`ImageTooLargeError`).
+
+    Returns:
+        A new ``PIL.Image`` in mode ``RGB``, ``[H, W]`` as stored, turned upright.
+
+    Raises:
+        ImageTooLargeError: above ``max_pixels``.
+        ImageReadError: empty, not an image, truncated or corrupt, above Pillow's
+            decompression-bomb limit.
+    """
+    if not data:
+        raise ImageReadError(name, "file is empty (0 bytes)")
+    return _decode(lambda: Image.open(io.BytesIO(data)), name, max_pixels)
+
+
+def _decode(
+    opener: Callable[[], Image.Image], name: str, max_pixels: int | None = None
+) -> Image.Image:
+    try:
+        with opener() as im:
+            if max_pixels is not None and im.width * im.height > max_pixels:
+                raise ImageTooLargeError(
+                    name,
+                    f"image is {im.width}x{im.height} = {im.width * im.height} pixels, above the "
+                    f"limit of {max_pixels}",
+                )
             # Image.open only reads the header; decoding every pixel is what finds a
             # truncated or damaged file.
             im.load()
