@@ -83,3 +83,11 @@ def test_merge_nms_keeps_the_best_of_each_overlap_per_class() -> None:
     assert len(wbf["boxes"]) == 3
     with pytest.raises(ValueError, match="not one of"):
         merge_detections([a], method="mean")
+
+
+def test_wbf_members_average_ignores_runs_that_did_not_see_the_box() -> None:
+    runs = [det([[0, 0, 10, 10]], [0.9], [0]), det([[0, 0, 10, 10]], [0.5], [0]), det([], [], [])]
+    fused = weighted_boxes_fusion(runs, score_average="members")
+    torch.testing.assert_close(fused["scores"], torch.tensor([0.7]))
+    fused = weighted_boxes_fusion(runs)
+    torch.testing.assert_close(fused["scores"], torch.tensor([1.4 / 3]))
