@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from ..detection.transform import ImageSource, preprocess_batch, scale_boxes_to_original
+from ..inference.tta import TTAConfig, TTADetector
 from .export import OnnxMetadata, require
 from .onnx_format import KIND_DETECTIONS
 
@@ -204,6 +205,7 @@ def build_predictor(
     device: str = "auto",
     optimize: bool = False,
     threads: int | None = None,
+    tta: TTAConfig | None = None,
 ) -> Predictor:
     """A ``predict_fn(images: list[PIL.Image]) -> list[dict]`` for :func:`run_prediction`.
 
@@ -222,6 +224,7 @@ def build_predictor(
         device: PyTorch device, ``"auto"`` for CUDA when available.
         optimize: PyTorch only: run :func:`efficientdet.modeling.optimize.optimize_for_inference`.
         threads: ONNX Runtime threads (default ``torch.get_num_threads()``).
+        tta: PyTorch only: test-time augmentation (:class:`~efficientdet.inference.tta.TTADetector`).
 
     Returns:
         A :class:`Predictor` ``(predict_fn, class_names, label_to_category_id, num_classes)``.
@@ -236,6 +239,10 @@ def build_predictor(
         if nms != "hard":
             raise ValueError(
                 f"--nms {nms} needs the PyTorch backend: an ONNX export runs hard NMS in its graph"
+            )
+        if tta is not None:
+            raise ValueError(
+                "--tta needs the PyTorch backend: an ONNX export runs one fixed input size"
             )
         onnx_detector = OnnxDetector(
             weights, threads=threads, score_threshold=score_threshold, max_detections=max_detections
@@ -269,8 +276,9 @@ def build_predictor(
     detector = Detector(
         model, nms=nms, max_detections=max_detections, score_threshold=score_threshold
     ).eval()
+    predict_fn = TTADetector(detector, tta).predict if tta is not None else detector.predict
     return Predictor(
-        detector.predict,
+        predict_fn,
         loaded.class_names,
         loaded.label_to_category_id,
         loaded.model.config.num_classes,
