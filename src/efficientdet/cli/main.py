@@ -284,7 +284,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise ValueError(
             f"{len(class_names)} class names for a model with {predictor.num_classes} classes"
         )
-    predict_fn = predictor.predict_fn
+    predict_fn: Any = predictor.predict_fn
     if args.tile:
         from ..inference.tiling import tiled_predict_fn
 

@@ -156,7 +156,9 @@ class TTADetector(nn.Module):
             One dict per image ``{"boxes": Tensor[K, 4] xyxy original pixels,
             "scores": Tensor[K], "labels": Tensor[K] int64}``.
         """
-        sources = list(images) if isinstance(images, (list, tuple)) else [images]
+        sources: list[ImageSource] = (
+            list(images) if isinstance(images, (list, tuple)) else [images]  # type: ignore[list-item]
+        )
         if not sources:
             return []
         config = self.config
