@@ -80,3 +80,26 @@ def test_identity_tta_equals_plain_prediction() -> None:
     for got, expected in zip(tta, plain, strict=True):
         for key in ("boxes", "scores", "labels"):
             assert torch.equal(got[key], expected[key]), key
+
+
+def test_predict_and_eval_commands_take_tiles_and_tta(tiny_demo, tmp_path) -> None:
+    from efficientdet.cli.main import main
+    from efficientdet.data import load_dataset
+    from efficientdet.modeling.checkpoint import save_checkpoint
+
+    data = load_dataset(tiny_demo.data_yaml, "val")
+    torch.manual_seed(0)
+    model = create_model("efficientdet_test", num_classes=data.num_classes)
+    weights = save_checkpoint(model, tmp_path / "tiny.safetensors",
+                              metadata={"class_names": list(data.class_names)})
+    image = str(data.samples[0].image_path)
+    out = tmp_path / "pred"
+    argv = ["predict", "--weights", str(weights), image, "--out", str(out), "--quiet",
+            "--score-threshold", "0.001"]
+    assert main([*argv, "--tile", "64", "--overlap", "0.25", "--tile-merge", "wbf", "--tta"]) == 0
+    assert (out / "predictions.json").is_file()
+    assert main(["eval", "--weights", str(weights), "--data", str(tiny_demo.data_yaml),
+                 "--tta-scales", "1.0", "--tta-flip", "--out", str(tmp_path / "eval")]) == 0
+    assert (tmp_path / "eval" / "metrics.json").is_file()
+    onnx_argv = ["predict", "--weights", str(tmp_path / "x.onnx"), image, "--out", str(out), "--tta"]
+    assert main(onnx_argv) == 2  # refused: an ONNX graph runs one input size
