@@ -282,3 +282,44 @@ def test_a_model_configuration_trains_without_registering_it(tiny_demo, tmp_path
     resumed = Trainer.resume(result.run_dir)  # the configuration survives config.yaml
     assert resumed.config.model.config is not None
     assert model_config_from_dict(resumed.config.model.config) == model_config_from_dict(deeper)
+
+
+def test_custom_anchors_train_save_reload_and_export(tiny_demo, tmp_path: Path) -> None:
+    """model.anchor_scale / aspect_ratios reach the matcher (the detector's anchors), the
+    checkpoint header, the reloaded model and the ONNX graph, whose detections match eager."""
+    pytest.importorskip("onnxruntime")
+    from efficientdet.deploy.export import export_onnx
+    from efficientdet.deploy.onnx_backend import OnnxDetector
+    from efficientdet.detection.detector import Detector
+    from efficientdet.inference.loading import load_trained
+
+    ratios = "[[0.5, 2.0], [0.4, 2.5], [0.3, 3.3]]"
+    cfg = _config(tiny_demo, tmp_path / "anchors", "run.max_steps=2", "model.anchor_scale=2.5",
+                  f"model.aspect_ratios={ratios}")
+    result = train(cfg)
+    assert result.status == "finished"
+    expected = ((0.5, 2.0), (0.4, 2.5), (0.3, 3.3))
+    loaded = load_trained(result.run_dir / "last.safetensors")
+    anchors = loaded.model.config.anchors
+    assert anchors.anchor_scale == 2.5 and anchors.aspect_ratios == expected
+    # a resumed run rebuilds the same anchors from its config.yaml
+    resumed = Trainer.resume(result.run_dir)
+    assert resumed.detector.anchors.config == anchors
+    detector = Detector(loaded.model, score_threshold=0.001).eval()
+    assert detector.anchors.config == anchors
+    path = tmp_path / "anchors.onnx"
+    export_onnx(loaded.model, path, class_names=loaded.class_names)
+    images = sorted((tiny_demo.root / "val").glob("*.png"))[:2]
+    assert len(images) == 2
+    eager = detector.predict(images)
+    onnx = OnnxDetector(path, score_threshold=0.001).predict(images)
+    for got, want in zip(onnx, eager, strict=True):
+        assert len(want["scores"]) > 0 and len(got["scores"]) == len(want["scores"])
+        # the same detections; near-tied scores may come in another order
+        for box, score, label in zip(want["boxes"], want["scores"], want["labels"], strict=True):
+            same = (
+                (got["labels"] == label)
+                & ((got["scores"] - score).abs() <= 1e-4)
+                & ((got["boxes"] - box).abs() <= 1e-2 + 1e-3 * box.abs()).all(dim=1)
+            )
+            assert bool(same.any()), (box, score, label)

@@ -97,12 +97,29 @@ def _cmd_list(args: argparse.Namespace) -> int:
 @command("check-data")
 def _cmd_check_data(args: argparse.Namespace) -> int:
     from ..data import check_dataset, format_report
+    from ..detection.anchor_fit import fit_anchors, format_anchor_fit, matched_share
+    from ..modeling.registry import get_config
 
+    config = get_config(args.model)
+    size = image_size(args.image_size) or config.image_size
+    anchors = config.anchors
     # A path: an annotation file that cannot be read becomes a fatal problem in the report.
     report = check_dataset(
-        args.data, split=args.split, input_size=args.image_size, decode_images=not args.no_decode
+        args.data, split=args.split, input_size=size, decode_images=not args.no_decode,
+        min_level=config.min_level, max_level=config.max_level, anchor_scale=anchors.anchor_scale,
     )
     print(format_report(report))
+    if len(report.boxes):
+        levels = (config.min_level, config.max_level)
+        if args.fit_anchors:
+            print(format_anchor_fit(fit_anchors(report.boxes, size, *levels, anchors)))
+        else:
+            share = matched_share(report.boxes, size, *levels, anchors)
+            print(
+                f"  anchors of {args.model} at input {size[0]}x{size[1]}: "
+                f"{100 * (1 - share):.1f}% of the boxes are matched by no anchor at IoU 0.5 "
+                "(--fit-anchors searches better ones)"
+            )
     return 1 if report.fatal else 0
 
 
@@ -179,7 +196,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         source=args.weights or f"{args.model} (pretrained)", data_source=args.data,
     )
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    detector = Detector(loaded.model, nms=args.nms, max_detections=args.max_detections).to(device)
+    detector: Any = Detector(loaded.model, nms=args.nms, max_detections=args.max_detections).to(device)
+    tta = _tta_config(args)
+    if tta is not None:
+        from ..inference.tta import TTADetector
+
+        detector = TTADetector(detector, tta)
     cfg = loaded.model.config
     result, results = evaluate_detector(
         detector, data, image_size=cfg.image_size, mean=cfg.mean, std=cfg.std,
@@ -195,6 +217,25 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     for problem in result.unreadable:
         print(f"  failed: {problem}", file=sys.stderr)
     return 1 if result.unreadable else 0
+
+
+def _tta_config(args: argparse.Namespace) -> Any:
+    """The ``TTAConfig`` of ``--tta`` / ``--tta-scales`` / ``--tta-flip``, or None."""
+    if not (args.tta or args.tta_flip or args.tta_scales):
+        return None
+    from ..inference.tta import DEFAULT_TTA_SCALES, TTAConfig
+
+    return TTAConfig(scales=tuple(args.tta_scales or DEFAULT_TTA_SCALES), flip=args.tta_flip)
+
+
+def _add_tta_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: run at 0.83, 1.0 and 1.2 of the input size and "
+                   "fuse by weighted box fusion")
+    p.add_argument("--tta-scales", type=float, nargs="+", metavar="F",
+                   help="TTA input-size factors (implies --tta)")
+    p.add_argument("--tta-flip", action="store_true",
+                   help="TTA also mirrored left-right; only for mirror-symmetric classes (implies --tta)")
 
 
 # ---- prediction ------------------------------------------------------------------------------
@@ -267,17 +308,25 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         args.weights, backend=args.backend, model_name=args.model, pretrained=args.pretrained,
         image_size=image_size(args.image_size), nms=args.nms, max_detections=args.max_detections,
         score_threshold=min(args.score_threshold, 0.001) if args.all_scores else args.score_threshold,
-        device=args.device, optimize=args.optimize,
+        device=args.device, optimize=args.optimize, tta=_tta_config(args),
     )
     class_names = _read_class_file(args.classes) if args.classes else predictor.class_names
     if class_names is not None and len(class_names) != predictor.num_classes:
         raise ValueError(
             f"{len(class_names)} class names for a model with {predictor.num_classes} classes"
         )
+    predict_fn: Any = predictor.predict_fn
+    if args.tile:
+        from ..inference.tiling import tiled_predict_fn
+
+        predict_fn = tiled_predict_fn(
+            predict_fn, tile=args.tile, overlap=args.overlap, merge=args.tile_merge,
+            max_detections=args.max_detections, batch_size=args.batch_size,
+        )
     if not resume:  # only once the weights are accepted: a refusal writes nothing
         _store_predict_args(args)
     report = run_prediction(
-        predictor.predict_fn, iter_sources(args.sources), args.out, class_names=class_names,
+        predict_fn, iter_sources(args.sources), args.out, class_names=class_names,
         label_to_category_id=predictor.label_to_category_id, score_threshold=args.score_threshold,
         batch_size=args.batch_size, progress=not args.quiet, resume=resume, shard=shard,
     )
@@ -400,8 +449,13 @@ def build_parser() -> argparse.ArgumentParser:
         "Ultralytics or supervision export it",
     )
     p.add_argument("--split", default="train")
-    p.add_argument("--image-size", type=positive_int, default=512, help="network input used for the level histogram")
+    p.add_argument("--model", default="tf_efficientdet_d0",
+                   help="the model whose input size, pyramid and anchors the boxes are checked against")
+    add_image_size(p, "H [W] of the network input (default: the model's)")
     p.add_argument("--no-decode", action="store_true", help="check image headers only (faster)")
+    p.add_argument("--fit-anchors", action="store_true",
+                   help="search anchor scale and aspect ratios for the most matched boxes and "
+                   "print the training override")
 
     p = sub.add_parser("demo-data", help="write the bundled digit-scenes dataset (COCO format)")
     p.add_argument("--out", default="data/digit-scenes")
@@ -443,6 +497,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: ONNX Runtime for .onnx weights, PyTorch otherwise")
     p.add_argument("--optimize", action="store_true",
                    help="PyTorch: fold BN, channels-last (same detections, faster on CPU)")
+    p.add_argument("--tile", type=positive_int, metavar="SIZE",
+                   help="also run on overlapping SIZE x SIZE tiles (image pixels) and merge: "
+                   "large images with small objects")
+    p.add_argument("--overlap", type=float, default=0.2, help="tile overlap, a fraction of SIZE")
+    p.add_argument("--tile-merge", choices=["nms", "wbf"], default="nms",
+                   help="merge tiles by class-aware NMS or weighted box fusion")
+    _add_tta_arguments(p)
 
     p = sub.add_parser("demo", help="the main job: train Lite0 on the bundled data and report")
     p.add_argument("--out", default="runs/demo", help="run folder with the report")
@@ -463,6 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--nms", choices=["hard", "soft"], default="hard")
     p.add_argument("--max-detections", type=int, default=100)
+    _add_tta_arguments(p)
     return parser
 
 

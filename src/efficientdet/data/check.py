@@ -74,6 +74,9 @@ class DataReport:
     input_size: tuple[int, int] | None = None
     issues: IssueLog = field(default_factory=IssueLog)
     bad_image_ids: list[int] = field(default_factory=list)
+    # Every box with a known label, Tensor[N, 4] xyxy, after the letterbox resize to
+    # input_size (original pixels when None): what anchor fitting looks at.
+    boxes: Tensor = field(default_factory=lambda: torch.zeros(0, 4))
 
     @property
     def fatal(self) -> bool:
@@ -165,6 +168,7 @@ def check_dataset(
     class_counts = [0] * data.num_classes
     sides: list[Tensor] = []
     levels: list[Tensor] = []
+    known_boxes: list[Tensor] = []
     for sample in data.samples:
         if sample.image_id in seen and seen[sample.image_id] != sample.image_path:
             issues.add(
@@ -189,6 +193,7 @@ def check_dataset(
         boxes = sample.boxes
         if size is not None:
             boxes = boxes * min(size[0] / sample.height, size[1] / sample.width)
+        known_boxes.append(boxes[~unknown].float())
         wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0)
         sides.append((wh[:, 0] * wh[:, 1]).sqrt())
         levels.append(
@@ -198,6 +203,8 @@ def check_dataset(
         )
 
     report.class_counts = class_counts
+    if known_boxes:
+        report.boxes = torch.cat(known_boxes)
     report.num_boxes = sum(class_counts)
     all_levels = torch.cat(levels) if levels else torch.zeros(0, dtype=torch.int64)
     report.level_counts = {

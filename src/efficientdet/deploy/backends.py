@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from ..inference.tta import TTAConfig, TTADetector
 from .onnx_backend import OnnxDetector
 
 __all__ = ["BACKENDS", "Predictor", "build_predictor", "resolve_backend"]
@@ -54,6 +55,7 @@ def build_predictor(
     device: str = "auto",
     optimize: bool = False,
     threads: int | None = None,
+    tta: TTAConfig | None = None,
 ) -> Predictor:
     """A ``predict_fn(images: list[PIL.Image]) -> list[dict]`` for :func:`run_prediction`.
 
@@ -72,6 +74,7 @@ def build_predictor(
         device: PyTorch device, ``"auto"`` for CUDA when available.
         optimize: PyTorch only: run :func:`efficientdet.modeling.optimize.optimize_for_inference`.
         threads: ONNX Runtime threads (default ``torch.get_num_threads()``).
+        tta: PyTorch only: test-time augmentation (:class:`~efficientdet.inference.tta.TTADetector`).
 
     Returns:
         A :class:`Predictor` ``(predict_fn, class_names, label_to_category_id, num_classes)``.
@@ -86,6 +89,10 @@ def build_predictor(
         if nms != "hard":
             raise ValueError(
                 f"--nms {nms} needs the PyTorch backend: an ONNX export runs hard NMS in its graph"
+            )
+        if tta is not None:
+            raise ValueError(
+                "--tta needs the PyTorch backend: an ONNX export runs one fixed input size"
             )
         onnx_detector = OnnxDetector(
             weights, threads=threads, score_threshold=score_threshold, max_detections=max_detections
@@ -119,8 +126,9 @@ def build_predictor(
     detector = Detector(
         model, nms=nms, max_detections=max_detections, score_threshold=score_threshold
     ).eval()
+    predict_fn = TTADetector(detector, tta).predict if tta is not None else detector.predict
     return Predictor(
-        detector.predict,
+        predict_fn,
         loaded.class_names,
         loaded.label_to_category_id,
         loaded.model.config.num_classes,

@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from ..config import normalize_aspect_ratios
+
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")
 AMP_MODES = ("none", "bf16", "fp16")
@@ -40,9 +42,35 @@ class ModelSection:
     fusion: str | None = None
     fpn_channels: int | None = None
     fpn_repeats: int | None = None
+    # Anchors (None: the model's own). `efficientdet check-data --fit-anchors` prints a fitted
+    # pair; aspect ratios as [w, h] multiplier pairs or scalars w / h.
+    anchor_scale: float | None = None
+    aspect_ratios: tuple[Any, ...] | None = None
+    num_scales: int | None = None
     freeze_backbone: int = 0  # leading backbone stages to freeze (stem counts as one); -1: all
     freeze_bn: bool = False  # keep every BN in eval mode (running statistics fixed)
     grad_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        if self.anchor_scale is not None and not self.anchor_scale > 0:
+            raise ValueError(f"model.anchor_scale must be positive, got {self.anchor_scale}")
+        if self.num_scales is not None and self.num_scales < 1:
+            raise ValueError(f"model.num_scales must be >= 1, got {self.num_scales}")
+        if self.aspect_ratios is not None:
+            if not isinstance(self.aspect_ratios, (list, tuple)):
+                raise ValueError(
+                    f"model.aspect_ratios must be a list of [w, h] pairs, got {self.aspect_ratios!r}"
+                )
+            try:
+                pairs = normalize_aspect_ratios(tuple(self.aspect_ratios))
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"model.aspect_ratios: {err}") from err
+            object.__setattr__(self, "aspect_ratios", pairs)
+
+    def anchor_overrides(self) -> dict[str, Any]:
+        """The :class:`~efficientdet.config.AnchorConfig` fields this section sets."""
+        names = ("anchor_scale", "aspect_ratios", "num_scales")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
 
 @dataclass(frozen=True)

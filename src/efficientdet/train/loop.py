@@ -209,6 +209,14 @@ class Trainer:
         model_config = config_for_training(
             cfg.name, cfg.phi, self.train_data.num_classes, model_config=cfg.config, **overrides
         )
+        anchor_overrides = cfg.anchor_overrides()
+        if anchor_overrides:
+            anchors = replace(model_config.anchors, **anchor_overrides)
+            model_config = replace(model_config, anchors=anchors)
+            log.info(
+                "anchors: scale %g, %d octave scales, aspect ratios (w, h) %s",
+                anchors.anchor_scale, anchors.num_scales, list(anchors.aspect_ratios),
+            )
         model = EfficientDet(model_config, pretrained_backbone=pretrained)
         if init_checkpoint and self.resume_state is None:
             report = load_checkpoint(model, init_checkpoint)
