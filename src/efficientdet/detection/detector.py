@@ -52,6 +52,33 @@ def _input_size(images: Tensor | BackboneFeatures) -> tuple[int, int]:
     return (int(images.shape[-2]), int(images.shape[-1]))
 
 
+def predict_images(detector: nn.Module, images: ImageSource | Sequence[ImageSource]) -> Detections:
+    """Letterbox ``images`` for ``detector.config``, run ``detector(batch)`` in evaluation mode
+    on the device of its weights (its previous mode restored), and map the boxes back to each
+    image's original pixels: the ``predict`` of :class:`Detector` and of the wrappers that
+    share its interface (test-time augmentation)."""
+    sources = as_sources(images)
+    if not sources:
+        return []
+    config: ModelConfig = detector.config  # type: ignore[assignment]
+    batch, infos = preprocess_batch(sources, config.image_size, config.mean, config.std)
+    param = next(detector.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    was_training = detector.training
+    # Switching modes walks every module (~3 ms for D0): only when something trains.
+    switch = any(module.training for module in detector.modules())
+    if switch:
+        detector.eval()
+    try:
+        detections = detector(batch.to(device))
+    finally:
+        if switch:
+            detector.train(was_training)
+    for det, info in zip(detections, infos, strict=True):
+        det["boxes"] = scale_boxes_to_original(det["boxes"], info)
+    return detections
+
+
 class Detector(nn.Module):
     """EfficientDet training and inference around a raw network.
 
@@ -254,26 +281,7 @@ class Detector(nn.Module):
             One dict per image ``{"boxes": Tensor[K, 4] xyxy original pixels,
             "scores": Tensor[K], "labels": Tensor[K] int64}``.
         """
-        sources = as_sources(images)
-        if not sources:
-            return []
-        config = self.config
-        batch, infos = preprocess_batch(sources, config.image_size, config.mean, config.std)
-        param = next(self.model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        was_training = self.training
-        # Switching modes walks every module (~3 ms for D0): only when something trains.
-        switch = any(module.training for module in self.modules())
-        if switch:
-            self.eval()
-        try:
-            detections = self.detect(batch.to(device))
-        finally:
-            if switch:
-                self.train(was_training)
-        for det, info in zip(detections, infos, strict=True):
-            det["boxes"] = scale_boxes_to_original(det["boxes"], info)
-        return detections
+        return predict_images(self, images)
 
     def _check_targets(self, images: Tensor | BackboneFeatures, targets: Sequence[Target]) -> None:
         """Raise a ValueError naming the image and field of the first malformed target."""

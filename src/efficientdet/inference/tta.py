@@ -24,9 +24,9 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from ..detection.boxes import clip_boxes
-from ..detection.detector import Detections, Detector
+from ..detection.detector import Detections, Detector, predict_images
 from ..detection.fusion import weighted_boxes_fusion
-from ..detection.transform import ImageSource, as_sources, preprocess_batch, scale_boxes_to_original
+from ..detection.transform import ImageSource
 
 __all__ = ["DEFAULT_TTA_SCALES", "TTAConfig", "TTADetector"]
 
@@ -156,19 +156,4 @@ class TTADetector(nn.Module):
             One dict per image ``{"boxes": Tensor[K, 4] xyxy original pixels,
             "scores": Tensor[K], "labels": Tensor[K] int64}``.
         """
-        sources = as_sources(images)
-        if not sources:
-            return []
-        config = self.config
-        batch, infos = preprocess_batch(sources, config.image_size, config.mean, config.std)
-        param = next(self.detector.model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        was_training = self.training
-        self.eval()
-        try:
-            detections = self(batch.to(device))
-        finally:
-            self.train(was_training)
-        for det, info in zip(detections, infos, strict=True):
-            det["boxes"] = scale_boxes_to_original(det["boxes"], info)
-        return detections
+        return predict_images(self, images)
