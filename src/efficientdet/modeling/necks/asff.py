@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from ...config import ModelConfig
 from ..layers import MaxPoolDown, upsample_nearest
 from .blocks import ConvNormAct
-from .graph import GraphNeck, fpn_nodes, pafpn_nodes
+from .graph import GraphNeck, fpn_nodes, node_options, pafpn_nodes
 
 ASFF_COMPRESS = 16
 ASFF_BASES = {"fpn": fpn_nodes, "pafpn": pafpn_nodes}
@@ -141,9 +141,7 @@ class ASFF(nn.Module):
         """ASFF over a repeated FPN with ``config``'s levels, width, repeats and options."""
         return cls(
             in_channels, config.min_level, config.max_level, config.fpn_channels,
-            config.fpn_repeats, fusion=config.fusion, act=config.act, padding=config.padding,
-            redundant_bias=config.redundant_bias, separable=config.separable,
-            bn_eps=config.bn_eps, bn_momentum=config.bn_momentum,
+            config.fpn_repeats, **node_options(config),  # type: ignore[arg-type]
         )
 
     def forward(self, features: list[Tensor]) -> list[Tensor]:
