@@ -30,6 +30,7 @@ _EXPORTS = {
     "list_pretrained": "modeling.pretrained",
     "tune_cpu_allocator": "deploy.runtime",
     "compound_config": "modeling.scaling",
+    "train_in_budget": "train.budget_recipe",
 }
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from .modeling.pretrained import list_pretrained
     from .modeling.registry import create_model, get_config, list_models, register_model
     from .modeling.scaling import compound_config
+    from .train.budget_recipe import train_in_budget
 
 
 def __getattr__(name: str) -> Any:
@@ -77,5 +79,6 @@ __all__ = [
     "pretrained_detector",
     "register_model",
     "save_checkpoint",
+    "train_in_budget",
     "tune_cpu_allocator",
 ]

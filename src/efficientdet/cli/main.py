@@ -151,9 +151,30 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     overrides = list(args.set or [])
     if args.resume:
+        if args.minutes is not None or args.data is not None:
+            raise ValueError("--resume continues a run with its own recipe; --data and --minutes "
+                             "are for a new run")
         result = train(None, resume=args.resume) if not overrides else _resume_with(args.resume, overrides)
+    elif args.minutes is not None:
+        from ..train.budget_recipe import budget_config
+
+        if args.data is None:
+            raise ValueError("--minutes plans a recipe for a dataset: give --data PATH")
+        config, recipe = budget_config(
+            args.data, args.minutes, config_path=args.config, overrides=overrides
+        )
+        print(recipe.describe(), flush=True)
+        result = train(config)
     else:
+        if args.data is not None:
+            overrides = [f"data.train={args.data}", f"data.val={args.data}", *overrides]
         config = load_config(args.config, overrides)
+        if args.data is not None and config.run.time_budget_minutes is None:
+            log.warning(
+                "no --minutes: training runs the configured schedule (%d epochs); "
+                "--minutes N plans a recipe that fits N minutes on this machine",
+                config.run.epochs,
+            )
         result = train(config)
     print(f"{result.status}: {result.step}/{result.total_steps} steps in {result.seconds / 60:.1f} min; run folder {result.run_dir}")
     if result.metrics:
@@ -469,6 +490,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override, repeatable")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run where it stopped")
     p.add_argument("--nproc", type=int, default=0, help="launch N processes with torchrun (DDP)")
+    p.add_argument("--data", metavar="PATH",
+                   help="dataset (data.yaml, COCO json or a folder) for data.train and data.val")
+    p.add_argument("--minutes", type=float, metavar="N",
+                   help="plan a recipe for --data that fits N minutes on this machine (frozen, "
+                        "cached backbone; views, input size, flips, schedule chosen and printed; "
+                        "--config and --set values are kept)")
 
     p = sub.add_parser("predict", help="detect objects in images, folders, globs and videos")
     p.add_argument("sources", nargs="*", metavar="SOURCE",

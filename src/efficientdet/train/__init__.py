@@ -1,5 +1,6 @@
 """Training: configuration, the loop, checkpoints and resume, EMA, distributed data parallel."""
 
+from .budget_recipe import BudgetRecipe, budget_config, plan_budget_recipe, train_in_budget
 from .config import (
     DataSection,
     ModelSection,
@@ -23,6 +24,10 @@ from .loop import (
 
 __all__ = [
     "BEST_WEIGHTS",
+    "BudgetRecipe",
+    "budget_config",
+    "plan_budget_recipe",
+    "train_in_budget",
     "LAST_WEIGHTS",
     "STATE_FILE",
     "DataSection",

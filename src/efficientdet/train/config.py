@@ -132,6 +132,7 @@ class RunSection:
     epochs: int = 300
     max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs)
     time_budget_minutes: float | None = None  # fit the schedule into this wall-clock budget
+    budget_includes_setup: bool = False  # the feature cache's time counts against the budget
     batch_size: int = 8  # per process
     seed: int = 0
     device: str = "auto"
@@ -206,6 +207,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML training configuration and apply ``section.key=value`` overrides."""
+    return train_config_from_dict(read_config_dict(path, overrides))
+
+
+def read_config_dict(path: str | Path | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The options a YAML file and ``section.key=value`` overrides set, as
+    ``{section: {key: value}}`` (only what they name; nothing is checked yet)."""
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -223,7 +230,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(data[section], dict):
             raise ValueError(f"section {section!r} is not a mapping")
         data[section][key] = value
-    return train_config_from_dict(data)
+    return data
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:

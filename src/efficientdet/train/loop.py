@@ -118,7 +118,10 @@ class Trainer:
         self._setup_model()
         self._setup_optimizer()
         self._train_dataset: DetectionDataset | None = None  # made by the first _loader
+        setup_start = time.perf_counter()
         self.feature_cache: FeatureCache | None = self._setup_feature_cache()
+        # Seconds this process spent before training that a budget may count (the cache).
+        self.setup_seconds = time.perf_counter() - setup_start
         self.step = 0
         self.best_ap = -1.0
         self.nonfinite_total = 0
@@ -516,7 +519,10 @@ class Trainer:
 
         fitted = self.budget.refit(
             now=now, step=self.step, first_step=self._fit_start_step, total_steps=self.total_steps,
-            elapsed=self.elapsed_before + now - self._start, overhead=self._overhead,
+            elapsed=self.elapsed_before + now - self._start + (
+                self.setup_seconds if self.config.run.budget_includes_setup else 0.0
+            ),
+            overhead=self._overhead,
             eval_seconds=self._eval_seconds,
             steps_per_eval=self.config.run.eval_every * self.steps_per_epoch,
             agree=mean_over_ranks if self.dist.enabled else int,
