@@ -13,7 +13,6 @@ the matched share and the validation AP of both.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from common import write_coco_split, write_data_yaml
 from efficientdet.data import check_dataset
 from efficientdet.detection.anchor_fit import fit_anchors, matched_share
 from efficientdet.modeling.registry import get_config
@@ -72,17 +72,8 @@ def write_bars_dataset(out: Path, kind: str, num_train: int, num_val: int, size:
             name = f"{i:05d}.png"
             Image.fromarray(pixels).save(folder / name)
             images.append({"id": i + 1, "file_name": name, "width": size, "height": size})
-        categories = [{"id": k + 1, "name": n} for k, n in enumerate(CLASS_NAMES)]
-        (out / f"annotations_{split}.json").write_text(
-            json.dumps({"images": images, "annotations": annotations, "categories": categories})
-        )
-    data_yaml = out / "data.yaml"
-    data_yaml.write_text(
-        "format: coco\npath: .\n"
-        "train: {annotations: annotations_train.json, images: train}\n"
-        "val: {annotations: annotations_val.json, images: val}\n"
-    )
-    return data_yaml
+        write_coco_split(out, split, images, annotations, [{"id": k + 1, "name": n} for k, n in enumerate(CLASS_NAMES)])
+    return write_data_yaml(out)
 
 
 def main() -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -60,3 +62,20 @@ def machine() -> str:
         f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, {_allocator} allocator"
     )
+
+
+def write_coco_split(out: Path, split: str, images: list, annotations: list, categories: list) -> None:
+    """``out/annotations_<split>.json`` of a generated split (the images are in ``out/<split>``)."""
+    doc = {"images": images, "annotations": annotations, "categories": categories}
+    (out / f"annotations_{split}.json").write_text(json.dumps(doc))
+
+
+def write_data_yaml(out: Path) -> Path:
+    """``out/data.yaml`` naming the train and val splits of :func:`write_coco_split`."""
+    path = out / "data.yaml"
+    path.write_text(
+        "format: coco\npath: .\n"
+        "train: {annotations: annotations_train.json, images: train}\n"
+        "val: {annotations: annotations_val.json, images: val}\n"
+    )
+    return path

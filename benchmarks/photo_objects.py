@@ -13,11 +13,12 @@ places objects of 12-40 px on 640 x 480 images. Deterministic for a seed.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from common import write_coco_split, write_data_yaml
 
 # (COCO-style sparse id, name, scikit-image photo, crop box (x0, y0, x1, y1), mask shape)
 OBJECTS = (
@@ -128,17 +129,8 @@ def write_photo_objects(
             name = f"{split}_{i:05d}.jpg"
             canvas.save(folder / name, quality=92)
             images.append({"id": i + 1, "file_name": name, "width": w, "height": h})
-        categories = [{"id": cid, "name": name} for cid, name, *_ in OBJECTS]
-        (out / f"annotations_{split}.json").write_text(
-            json.dumps({"images": images, "annotations": annotations, "categories": categories})
-        )
-    data_yaml = out / "data.yaml"
-    data_yaml.write_text(
-        "format: coco\npath: .\n"
-        "train: {annotations: annotations_train.json, images: train}\n"
-        "val: {annotations: annotations_val.json, images: val}\n"
-    )
-    return data_yaml
+        write_coco_split(out, split, images, annotations, [{"id": cid, "name": name} for cid, name, *_ in OBJECTS])
+    return write_data_yaml(out)
 
 
 def main() -> None:
