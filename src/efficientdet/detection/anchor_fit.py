@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from ..config import AnchorConfig, feature_sizes
+from .anchors import anchor_shapes
 
 __all__ = [
     "AnchorFit",
@@ -43,21 +44,6 @@ __all__ = [
 DEFAULT_SCALE_GRID = tuple(round(2 ** (i / 4), 2) for i in range(13))
 # Boxes unmatched because they are smaller than every anchor: above this share, say so.
 SMALL_BOX_ADVICE_SHARE = 0.05
-
-
-def _anchor_shapes(image_size: tuple[int, int], level: int, config: AnchorConfig) -> Tensor:
-    """``Tensor[A, 2]`` anchor widths and heights of one level (as in ``level_anchors``)."""
-    grid_h, grid_w = feature_sizes(image_size, level)[level]
-    stride_y, stride_x = image_size[0] / grid_h, image_size[1] / grid_w
-    shapes = []
-    for scale_index in range(config.num_scales):
-        octave = 2 ** (scale_index / config.num_scales)
-        for ratio_w, ratio_h in config.aspect_ratios:
-            shapes.append(
-                (config.anchor_scale * stride_x * octave * ratio_w,
-                 config.anchor_scale * stride_y * octave * ratio_h)
-            )
-    return torch.tensor(shapes, dtype=torch.float64)
 
 
 def _nearest_centre(centre: Tensor, stride: float, grid: int) -> Tensor:
@@ -99,7 +85,7 @@ def best_anchor_iou(
         stride_y, stride_x = image_size[0] / grid_h, image_size[1] / grid_w
         acx = _nearest_centre(bcx, stride_x, grid_w).unsqueeze(1)  # [N, 1]
         acy = _nearest_centre(bcy, stride_y, grid_h).unsqueeze(1)
-        shapes = _anchor_shapes(image_size, level, config)  # [A, 2]
+        shapes = anchor_shapes(image_size, level, config)  # [A, 2]
         aw, ah = shapes[:, 0].unsqueeze(0), shapes[:, 1].unsqueeze(0)  # [1, A]
         iw = (torch.minimum(boxes[:, 2:3], acx + aw / 2) - torch.maximum(boxes[:, 0:1], acx - aw / 2)).clamp(min=0)
         ih = (torch.minimum(boxes[:, 3:4], acy + ah / 2) - torch.maximum(boxes[:, 1:2], acy - ah / 2)).clamp(min=0)
@@ -268,7 +254,7 @@ def fit_anchors(
         candidates=[(c[2].anchor_scale, c[2].aspect_ratios, c[0]) for c in candidates],
     )
     if len(boxes):
-        shapes = _anchor_shapes(fit.image_size, min_level, best)
+        shapes = anchor_shapes(fit.image_size, min_level, best)
         fit.smallest_anchor = float((shapes[:, 0] * shapes[:, 1]).sqrt().min())
         wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0)
         side = (wh[:, 0] * wh[:, 1]).sqrt()

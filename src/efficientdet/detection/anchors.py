@@ -14,18 +14,15 @@ from torch import Tensor
 from ..config import AnchorConfig, check_image_size, feature_sizes
 
 
-def level_anchors(
-    level: int, image_size: tuple[int, int], config: AnchorConfig, dtype: torch.dtype = torch.float32
-) -> Tensor:
-    """Anchors of one level as ``Tensor[H_l * W_l * A, 4]``, xyxy in input pixels.
+def anchor_shapes(image_size: tuple[int, int], level: int, config: AnchorConfig) -> Tensor:
+    """``Tensor[A, 2]`` float64 widths and heights of one level's anchors in input pixels, in
+    the head's order (octave scale outer, aspect ratio inner).
 
     The stride is ``side / feature_side`` per axis: ``2 ** level`` when the side is a multiple
     of it, fractional otherwise (as the official code does for Lite0's 320 px input).
     """
-    height, width = image_size
     grid_h, grid_w = feature_sizes(image_size, level)[level]
-    stride_y, stride_x = height / grid_h, width / grid_w
-    # Per-location anchor extents, scale outer and ratio inner.
+    stride_y, stride_x = image_size[0] / grid_h, image_size[1] / grid_w
     sizes = []
     for scale_index in range(config.num_scales):
         octave = 2 ** (scale_index / config.num_scales)
@@ -34,7 +31,18 @@ def level_anchors(
                 (config.anchor_scale * stride_x * octave * ratio_w,
                  config.anchor_scale * stride_y * octave * ratio_h)
             )
-    wh = torch.tensor(sizes, dtype=torch.float64)  # [A, 2]
+    return torch.tensor(sizes, dtype=torch.float64)
+
+
+def level_anchors(
+    level: int, image_size: tuple[int, int], config: AnchorConfig, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """Anchors of one level as ``Tensor[H_l * W_l * A, 4]``, xyxy in input pixels, centred on
+    the cells of the level's grid (strides as in :func:`anchor_shapes`)."""
+    height, width = image_size
+    grid_h, grid_w = feature_sizes(image_size, level)[level]
+    stride_y, stride_x = height / grid_h, width / grid_w
+    wh = anchor_shapes(image_size, level, config)  # [A, 2]
     cy = (torch.arange(grid_h, dtype=torch.float64) + 0.5) * stride_y
     cx = (torch.arange(grid_w, dtype=torch.float64) + 0.5) * stride_x
     cy, cx = torch.meshgrid(cy, cx, indexing="ij")

@@ -37,10 +37,17 @@ import torch
 from ..config import ModelConfig
 from ..data import DetectionData, DetectionDataset, build_transform, load_dataset
 from ..detection.anchor_fit import fit_anchors, matched_share
+from ..modeling.backbone import create_backbone
 from ..modeling.model import EfficientDet
 from ..modeling.pretrained import PRETRAINED
 from ..modeling.scaling import config_for_training
-from .config import TrainConfig, parse_override, read_config_dict, train_config_from_dict
+from .config import (
+    DataSection,
+    TrainConfig,
+    parse_override,
+    read_config_dict,
+    train_config_from_dict,
+)
 from .feature_cache import cache_bytes, inference_backbone
 from .loop import TrainResult, train
 
@@ -312,13 +319,14 @@ def _read_seconds(data: DetectionData, config: ModelConfig, count: int = 8) -> f
     return (time.perf_counter() - start) / max(1, items)
 
 
-def _user_value(user: Mapping[str, Any], key: str) -> Any:
+_MISSING = object()
+
+
+def _user_value(user: Mapping[str, Any], key: str, default: Any = _MISSING) -> Any:
+    """The user's value of ``section.key``, or ``default`` when they did not set it."""
     section, name = key.split(".")
     values = user.get(section) or {}
-    return values.get(name, _MISSING)
-
-
-_MISSING = object()
+    return values.get(name, default)
 
 
 def _coco_weights_cached(name: str) -> bool:
@@ -408,9 +416,10 @@ def plan_budget_recipe(
     seconds = minutes * 60.0
     final_eval = 2 * summary.num_val * speed.full_per_image + 15.0  # with the error analysis
     view_cost = n * speed.backbone_per_image
-    info = EfficientDet(replace(config, num_classes=1), pretrained_backbone=False).feature_info
+    with torch.device("meta"):  # channels and strides only: nothing allocated
+        _, info = create_backbone(config.backbone)
     per_view_bytes = cache_bytes(info.channels, info.strides, (side, side), n)
-    max_gb = float(_user_value(user, "data.cache_max_gb") if _user_value(user, "data.cache_max_gb") is not _MISSING else 8.0)
+    max_gb = float(_user_value(user, "data.cache_max_gb", DataSection().cache_max_gb))
     views_fit_memory = max(1, int(max_gb * 2**30 // max(1, per_view_bytes)))
 
     def train_seconds(views: int) -> float:
