@@ -98,3 +98,36 @@ def test_match_boxes_on_real_boxes() -> None:
 def test_invalid_thresholds(high: float, low: float) -> None:
     with pytest.raises(ValueError, match="low_threshold <= high_threshold"):
         Matcher(high, low)
+
+
+def _match_by_hand(iou: torch.Tensor, high: float, low: float) -> list[int]:
+    """The matching rules applied one anchor and one box at a time (no ties option)."""
+    rows, cols = iou.shape
+    out = []
+    for a in range(cols):
+        best = max(range(rows), key=lambda r: (iou[r, a].item(), -r))  # first on ties
+        value = iou[best, a].item()
+        out.append(best if value >= high else NEG if value < low else IGN)
+    forced: dict[int, int] = {}
+    for r in range(rows):
+        if iou[r].max().item() <= 0:
+            continue  # a padding row or a box that overlaps nothing forces nothing
+        anchor = int(iou[r].argmax())  # the first anchor at the box's best IoU
+        forced.setdefault(anchor, r)  # the first box wins an anchor several boxes force
+    for anchor, r in forced.items():
+        out[anchor] = r
+    return out
+
+
+def test_force_match_agrees_with_the_rules_applied_by_hand() -> None:
+    # Coarse IoU values (ties everywhere), zero rows and padding rows, two bands.
+    g = torch.Generator().manual_seed(3)
+    for trial in range(300):
+        rows, cols = int(torch.randint(1, 6, (1,), generator=g)), int(torch.randint(1, 30, (1,), generator=g))
+        iou = (torch.rand(rows, cols, generator=g) * 4).floor() / 4
+        if trial % 4 == 0:
+            iou[0] = -1.0
+        if trial % 5 == 0:
+            iou[-1] = 0.0
+        for high, low in [(0.5, 0.5), (0.5, 0.25)]:
+            assert Matcher(high, low)(iou).tolist() == _match_by_hand(iou, high, low), (trial, iou)

@@ -93,11 +93,17 @@ class Matcher:
                 forced = (iou == best_per_gt) & (best_per_gt > 0)  # [..., M, N]
                 forced_iou = torch.where(forced, iou, torch.full_like(iou, -1.0))
                 forcing_gt = forced_iou.argmax(dim=-2)  # [..., N], highest IoU, first on ties
+                matches = torch.where(forced.any(dim=-2), forcing_gt, matches)
             else:
-                forced = torch.zeros_like(iou, dtype=torch.bool)
-                forced.scatter_(-1, best_anchor, best_per_gt > 0)  # one anchor per box
-                forcing_gt = forced.to(torch.uint8).argmax(dim=-2)  # first forcing box
-            matches = torch.where(forced.any(dim=-2), forcing_gt, matches)
+                # One anchor per box; an anchor forced by several boxes takes the first: the
+                # smallest box index scattered onto it ([..., N], M where none forces it).
+                # A scatter over N anchors instead of an argmax over the [M, N] matrix.
+                num_gt = iou.shape[-2]
+                rows = torch.arange(num_gt, device=iou.device).expand(best_per_gt.shape[:-1])
+                rows = torch.where(best_per_gt[..., 0] > 0, rows, num_gt)
+                forcing_gt = torch.full_like(matches, num_gt)
+                forcing_gt.scatter_reduce_(-1, best_anchor[..., 0], rows, reduce="amin")
+                matches = torch.where(forcing_gt < num_gt, forcing_gt, matches)
         return matches
 
 
