@@ -61,7 +61,7 @@ CACHE_SHARE = 0.2  # of the budget, at most, spent computing cached views
 MAX_VIEWS = 32
 MID_RUN_EVAL_MINUTES = 20  # shorter budgets evaluate only at the end
 BATCH_SIZE = 8  # on a CPU: twice the updates of 16 for the same images a second
-LR = 0.007  # AdamW at batch 8
+LR = 0.015  # AdamW at batch 8 (0.007: AP50 0.81, 0.01: 0.85, 0.015: 0.87 on a 300-image digit set in 10 min)
 FLIP_RATIO = 1.5  # a class is asymmetric when mirrored halves differ this much more
 SCALE_RANGE = (0.8, 1.25)  # scale jitter of the augmented views
 
