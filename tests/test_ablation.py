@@ -1,5 +1,6 @@
 import argparse
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -158,6 +159,9 @@ def test_short_train_fn_binds_the_data_batch_and_overrides(tmp_path: Path) -> No
     ])
     train_fn = ablation_cli.short_train_fn(args)
     assert train_fn.keywords == {"data": Path("d.yaml"), "batch_size": 3, "overrides": ["optim.lr=0.01"]}
+    assert ablation_cli.record_settings(train_fn) == {
+        "data": "d.yaml", "batch_size": 3, "overrides": ["optim.lr=0.01"]
+    }
     assert ablation_cli._training_options(parser.parse_args([])) == []
 
 
@@ -178,13 +182,18 @@ def test_cli_trains_each_neck_and_reports_ap(
         "--train-set", "data.num_workers=0", "--no-latency", "--out", str(out),
     ]) == 0
     markdown = (out / "ablation.md").read_text()
-    assert f"--train-steps 2 --train-batch 2 --data {tiny_demo.data_yaml}" in markdown
+    assert f"--train-steps 2 --seeds 1 --train-batch 2 --data {tiny_demo.data_yaml}" in markdown
     assert "2 steps at tiny-lite0: tf_efficientnet_lite0 backbone, width 8" in markdown
-    assert "| neck | AP | ImageNet backbone | paper AP |" in markdown
+    assert "| neck | AP | AP50 | AP small | AP medium | AP large | neck GMACs | ImageNet backbone |" in markdown
     with (out / "ablation.csv").open() as f:
         records = list(csv.DictReader(f))
     assert [r["neck"] for r in records] == ["fpn", "bifpn"]
     for record in records:
         assert 0.0 <= float(record["ap"]) <= 1.0 and record["pretrained_backbone"] == "true"
-    assert (out / "train" / "fpn" / "config.yaml").is_file()
-    assert (out / "train" / "bifpn" / "eval" / "metrics.json").is_file()
+    assert (out / "train" / "fpn" / "seed-0" / "config.yaml").is_file()
+    assert (out / "train" / "bifpn" / "seed-0" / "eval" / "metrics.json").is_file()
+    # The record keeps what the training was bound to, so other settings train again.
+    record = json.loads((out / "train" / "fpn" / "seed-0" / "result.json").read_text())
+    assert record["signature"]["training"] == {
+        "data": str(tiny_demo.data_yaml), "batch_size": 2, "overrides": ["data.num_workers=0"]
+    }

@@ -42,6 +42,33 @@ def test_records_are_reused_only_for_the_same_steps_and_model(tmp_path: Path) ->
     assert calls[-1] == (5, 1)
 
 
+def test_records_remember_the_training_settings(tmp_path: Path, caplog) -> None:
+    calls: list[int] = []
+
+    def train_fn(config, steps, run_dir, *, seed):
+        calls.append(seed)
+        return _Result(0.2)
+
+    config = get_config("efficientdet_test")
+    lr1 = {"data": "a.yaml", "batch_size": 8, "overrides": ["optim.lr=0.01"]}
+    train_repeats(train_fn, config, 5, tmp_path, [0], training=lr1)
+    assert train_repeats(train_fn, config, 5, tmp_path, [0], training=dict(lr1)).reused == 1
+    assert calls == [0]
+    lr2 = {**lr1, "overrides": ["optim.lr=0.02"]}  # another learning rate: trained again
+    assert train_repeats(train_fn, config, 5, tmp_path, [0], training=lr2).reused == 0
+    assert calls == [0, 0]
+    record = json.loads((tmp_path / "seed-0" / RESULT_FILE).read_text())
+    assert record["signature"]["training"] == lr2
+
+    # A record from before the settings were kept: reused, with a warning.
+    train_repeats(train_fn, config, 5, tmp_path / "old", [0])
+    with caplog.at_level("WARNING"):
+        assert train_repeats(train_fn, config, 5, tmp_path / "old", [0], training=lr1).reused == 1
+    assert "recorded without its training settings" in caplog.text
+    # ... but only when its model and steps match.
+    assert train_repeats(train_fn, config, 6, tmp_path / "old", [0], training=lr1).reused == 0
+
+
 def test_statistics_of_one_run_and_of_missing_sizes() -> None:
     one = Repeats(runs=[{"AP": 0.4, "AP_small": -1.0}], seeds=[0])
     assert one.std() == 0.0 and one.text() == "0.400"

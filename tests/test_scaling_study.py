@@ -186,3 +186,35 @@ def test_study_with_training_reports_ap(tmp_path, tiny_demo) -> None:
     assert "the demo's recipe" in (tmp_path / "scaling_study.md").read_text()
     again = run_study(settings, tmp_path, report=lambda _: None)  # resumes: nothing trains again
     assert all(r.accuracy is not None and r.accuracy.reused == 2 for r in again.rows)
+
+
+def test_cli_train_set_reaches_every_short_training(tmp_path, monkeypatch) -> None:
+    from pathlib import Path
+
+    import efficientdet.studies.short_train as short_train_module
+    from efficientdet.studies.short_train import ShortTrainResult
+
+    calls: list[dict] = []
+
+    def fake_short_train(config, steps, run_dir, **kwargs):
+        calls.append({"name": config.name, "steps": steps, **kwargs})
+        metrics = {"AP": 0.25, "AP50": 0.5}
+        return ShortTrainResult(0.25, metrics, False, Path(run_dir), steps, 0.0)
+
+    monkeypatch.setattr(short_train_module, "short_train", fake_short_train)
+    data = tmp_path / "data.yaml"
+    monkeypatch.setattr("efficientdet.data.load_dataset", lambda *_: argparse.Namespace(num_classes=3))
+    parser = argparse.ArgumentParser()
+    add_scaling_study_arguments(parser)
+    args = parser.parse_args([
+        "--phis", "1", "--base", TINY, "--dimensions", "resolution", "--image-scale", "0.25",
+        "--resolution-step", "16", "--repeats", "0", "--train-steps", "7", "--data", str(data),
+        "--train-set", "optim.lr=0.015", "--train-set", "optim.ema_decay=0.99",
+        "--out", str(tmp_path / "study"),
+    ])
+    assert cmd_scaling_study(args) == 0
+    assert len(calls) == 3  # baseline, compound, resolution
+    assert all(c["overrides"] == ("optim.lr=0.015", "optim.ema_decay=0.99") for c in calls)
+    assert all(c["steps"] == 7 and c["data"] == str(data) for c in calls)
+    text = (tmp_path / "study" / "scaling_study.md").read_text()
+    assert "`optim.lr=0.015`, `optim.ema_decay=0.99`" in text

@@ -6,11 +6,12 @@ from __future__ import annotations
 import argparse
 import functools
 from pathlib import Path
+from typing import Any
 
 from ..config import FUSION_METHODS
 from ..modeling.necks import NECKS
 from ..studies import ablation
-from ..studies.ablation import ABLATION_NECKS, FUSION_COMPARISON, TrainFn
+from ..studies.ablation import ABLATION_NECKS, FUSION_COMPARISON
 
 
 def add_ablate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +66,7 @@ def _training_options(args: argparse.Namespace) -> list[str]:
     return words
 
 
-def short_train_fn(args: argparse.Namespace) -> TrainFn:
+def short_train_fn(args: argparse.Namespace) -> functools.partial[Any]:
     """:func:`efficientdet.studies.short_train.short_train` on ``args.data`` (or the demo data, written
     once to ``args.out / "demo_data"``) with the batch and overrides of ``args``."""
     from ..studies.short_train import demo_data, short_train
@@ -79,6 +80,11 @@ def short_train_fn(args: argparse.Namespace) -> TrainFn:
     )
 
 
+def record_settings(train_fn: functools.partial[Any]) -> dict[str, Any]:
+    """The settings bound into ``train_fn`` as JSON values, for the training records."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in train_fn.keywords.items()}
+
+
 def cmd_ablate(args: argparse.Namespace) -> int:
     """Run :func:`run_ablation` from parsed ``efficientdet ablate`` arguments."""
     command = " ".join(
@@ -87,6 +93,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         + ["--out", str(args.out), "--runs", str(args.runs)]
         + (["--no-latency"] if args.no_latency else [])
     )
+    train_fn = short_train_fn(args) if args.train_steps > 0 else None
     # Settings read from the module at call time (tests shrink them).
     ablation.run_ablation(
         args.necks,
@@ -96,9 +103,10 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         latency_setting=None if args.no_latency else ablation.DEFAULT_LATENCY_SETTING,
         latency_runs=args.runs,
         fusions=args.fusions,
-        train_fn=short_train_fn(args) if args.train_steps > 0 else None,
+        train_fn=train_fn,
         train_setting=ablation.DEFAULT_TRAIN_SETTING,
         seeds=args.seeds,
+        training=None if train_fn is None else record_settings(train_fn),
         command=command,
     )
     return 0

@@ -34,6 +34,8 @@ def add_scaling_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="data.yaml with train/val splits (default: write a small demo set)")
     parser.add_argument("--demo-train", type=int, default=64)
     parser.add_argument("--demo-val", type=int, default=32)
+    parser.add_argument("--train-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="training override on top of the demo recipe, repeatable")
     parser.add_argument("--pretrained-backbone", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, default=1,
@@ -53,6 +55,7 @@ def cmd_scaling_study(args: argparse.Namespace) -> int:
         threads=args.threads, train_steps=args.train_steps, train_batch_size=args.train_batch_size,
         data=args.data, demo_train=args.demo_train, demo_val=args.demo_val,
         pretrained_backbone=args.pretrained_backbone, seed=args.seed, seeds=args.seeds,
+        train_overrides=tuple(args.train_set),
     )
     command = "efficientdet " + " ".join(sys.argv[1:]) if sys.argv[1:] else None
     result = run_study(settings, args.out, command=command)

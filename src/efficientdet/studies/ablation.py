@@ -20,10 +20,10 @@ from __future__ import annotations
 import csv
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -311,6 +311,7 @@ def run_ablation(
     train_fn: TrainFn | None = None,
     train_setting: AblationSetting = DEFAULT_TRAIN_SETTING,
     seeds: int = 1,
+    training: Mapping[str, Any] | None = None,
     command: str | None = None,
     echo: Callable[[str], None] | None = print,
 ) -> list[AblationRow]:
@@ -335,6 +336,8 @@ def run_ablation(
         seeds: trainings per row (seeds ``0..seeds-1``); each finished one is recorded under
             ``out_dir/train/<row>/seed-<k>/``, and running again reuses the records, so a
             study that was stopped resumes where it was (:mod:`efficientdet.studies.repeats`).
+        training: the settings bound into ``train_fn`` (data, batch, overrides), kept in each
+            record so that a record made with other settings is not reused.
         command: the command line to record in the Markdown.
         echo: progress and the final table go here (``None``: silent).
 
@@ -388,7 +391,7 @@ def run_ablation(
             say(f"  {row.label}")
             row.accuracy = train_repeats(
                 train_fn, config, train_steps, out_dir / "train" / row.label.replace("/", "-"),
-                range(seeds), say=say,
+                range(seeds), training=training, say=say,
             )
             row.ap, row.pretrained_backbone = row.accuracy.mean("AP"), row.accuracy.pretrained_backbone
             row.train_cost = measure_cost(config)

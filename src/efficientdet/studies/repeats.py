@@ -4,7 +4,9 @@ A study (the neck ablation, the scaling study) trains every configuration with s
 Each finished training leaves ``result.json`` in its run folder (``<run_dir>/seed-<k>/``);
 running the study again reads those records instead of training again, so a study stopped
 after 5 of 9 necks goes on with the remaining ones. A record is reused only when it was made
-with the same number of steps and the same model configuration.
+with the same number of steps, the same model configuration and the same training settings
+(data, batch, recipe overrides: what the study passes as ``training``). Records written before
+the training settings were part of the record carry none; they are reused with a warning.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import logging
 import math
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,8 +76,13 @@ class Repeats:
         return f"{self.mean(key):.3f} ± {self.std(key):.3f}"
 
 
-def _signature(config: ModelConfig, steps: int, seed: int) -> dict[str, Any]:
-    return {"steps": steps, "seed": seed, "model": model_config_to_dict(config)}
+def _signature(
+    config: ModelConfig, steps: int, seed: int, training: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    signature = {"steps": steps, "seed": seed, "model": model_config_to_dict(config)}
+    if training is not None:
+        signature["training"] = dict(training)
+    return signature
 
 
 def _read_record(path: Path, signature: dict[str, Any]) -> dict[str, Any] | None:
@@ -87,7 +94,17 @@ def _read_record(path: Path, signature: dict[str, Any]) -> dict[str, Any] | None
         log.warning("%s: unreadable; training again", path)
         return None
     # JSON turns the configuration's tuples into lists: compare through one round trip.
-    if record.get("signature") != json.loads(json.dumps(signature)):
+    wanted = json.loads(json.dumps(signature))
+    recorded = record.get("signature")
+    if isinstance(recorded, dict) and "training" in wanted and "training" not in recorded:
+        # An older record: the model and steps are all it can be checked against.
+        wanted.pop("training")
+        if recorded == wanted:
+            log.warning(
+                "%s: recorded without its training settings; reused (delete it to train again)", path
+            )
+            return record
+    if recorded != wanted:
         log.info("%s: made with other settings; training again", path)
         return None
     return record
@@ -100,14 +117,19 @@ def train_repeats(
     run_dir: Path,
     seeds: Sequence[int],
     *,
+    training: Mapping[str, Any] | None = None,
     say: Callable[[str], None] = lambda _: None,
 ) -> Repeats:
     """Train ``config`` once per seed with ``train_fn(config, steps, run_dir / f"seed-{k}",
-    seed=k)``, reusing the records of trainings already done; return their metrics."""
+    seed=k)``, reusing the records of trainings already done; return their metrics.
+
+    ``training``: JSON-able settings bound into ``train_fn`` (data, batch, overrides); a record
+    made with other settings is not reused.
+    """
     out = Repeats(seeds=list(seeds))
     for seed in seeds:
         seed_dir = Path(run_dir) / f"seed-{seed}"
-        signature = _signature(config, steps, seed)
+        signature = _signature(config, steps, seed, training)
         record = _read_record(seed_dir / RESULT_FILE, signature)
         reused = record is not None
         if record is None:

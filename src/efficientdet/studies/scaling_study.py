@@ -71,6 +71,8 @@ class StudySettings:
             training (:func:`efficientdet.studies.short_train.short_train`, the demo's recipe); ``data``
             is a ``data.yaml`` with train and val splits (None writes a demo set of
             ``demo_train`` / ``demo_val`` images).
+        train_overrides: ``section.key=value`` settings on top of the demo's recipe
+            (``optim.lr=0.015``), the same for every configuration.
         rules: the compound-scaling rules (the paper's by default).
     """
 
@@ -96,6 +98,7 @@ class StudySettings:
     pretrained_backbone: bool = False
     seed: int = 0
     seeds: int = 1
+    train_overrides: tuple[str, ...] = ()
     rules: CompoundRules = field(default_factory=CompoundRules)
 
     def __post_init__(self) -> None:
@@ -436,6 +439,11 @@ def run_study(
                 "count means other processes shared the cores and latencies are inflated."
             )
     seeds = range(settings.seed, settings.seed + settings.seeds)
+    training = {
+        "data": str(data), "batch_size": settings.train_batch_size,
+        "pretrained_backbone": settings.pretrained_backbone,
+        "overrides": list(settings.train_overrides),
+    }
     for row in rows:
         if data is not None:
             from .short_train import short_train
@@ -443,9 +451,11 @@ def run_study(
             train_fn = functools.partial(
                 short_train, data=data, batch_size=settings.train_batch_size,
                 pretrained_backbone=settings.pretrained_backbone,
+                overrides=settings.train_overrides,
             )
             row.accuracy = train_repeats(
-                train_fn, row.config, settings.train_steps, out / "runs" / row.config.name, seeds
+                train_fn, row.config, settings.train_steps, out / "runs" / row.config.name, seeds,
+                training=training,
             )
             row.ap = row.accuracy.mean("AP")
         latency = "" if row.latency_ms is None else f", {row.latency_ms:.0f} ms"
@@ -476,6 +486,10 @@ def _load_average() -> float | None:
         return os.getloadavg()[0]
     except (AttributeError, OSError):  # not on every platform
         return None
+
+
+def _overrides_text(settings: StudySettings) -> str:
+    return "".join(f", `{o}`" for o in settings.train_overrides)
 
 
 def write_outputs(
@@ -514,7 +528,8 @@ def write_outputs(
     if settings.train_steps:
         text += ["", f"AP: COCO AP on the validation split after {settings.train_steps} training "
                  f"steps at batch {settings.train_batch_size} with the demo's recipe "
-                 f"(`efficientdet.train.recipes.DEMO_RECIPE`; pretrained backbone: {settings.pretrained_backbone}); "
+                 f"(`efficientdet.train.recipes.DEMO_RECIPE`{_overrides_text(settings)}; "
+                 f"pretrained backbone: {settings.pretrained_backbone}); "
                  f"data `{settings.data or 'demo digit scenes'}`; {settings.seeds} seed(s) per "
                  "configuration: `ap` is the mean, `ap_std` the sample standard deviation. "
                  "Finished trainings are recorded under `runs/`, so the same command resumes."]
