@@ -12,7 +12,7 @@
 # 2 x 100 s one after the other), so the script first trains in two lanes, rows split between
 # them, and then runs each study's full command once on the idle CPU: that call only reads
 # the records back, times the networks and writes the tables, CSVs and charts.
-# About 2 h 20 min on 2 cores.
+# About 3 h on 2 cores (the depth-only scaling row alone is about 25 CPU-minutes a seed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/paper-studies}
