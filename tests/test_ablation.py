@@ -8,6 +8,7 @@ import pytest
 from efficientdet.cli import ablate as ablation_cli
 from efficientdet.studies import ablation
 from efficientdet.studies.ablation import AblationSetting, ablation_config, paper_row, run_ablation
+from efficientdet.studies.repeats import bound_settings
 from efficientdet.studies.short_train import ShortTrainResult
 
 TINY = AblationSetting("tiny", "efficientdet_test", 16, 1, (128, 128))
@@ -159,7 +160,7 @@ def test_short_train_fn_binds_the_data_batch_and_overrides(tmp_path: Path) -> No
     ])
     train_fn = ablation_cli.short_train_fn(args)
     assert train_fn.keywords == {"data": Path("d.yaml"), "batch_size": 3, "overrides": ["optim.lr=0.01"]}
-    assert ablation_cli.record_settings(train_fn) == {
+    assert bound_settings(train_fn) == {
         "data": "d.yaml", "batch_size": 3, "overrides": ["optim.lr=0.01"]
     }
     assert ablation_cli._training_options(parser.parse_args([])) == []

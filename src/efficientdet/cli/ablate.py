@@ -12,6 +12,7 @@ from ..config import FUSION_METHODS
 from ..modeling.necks import NECKS
 from ..studies import ablation
 from ..studies.ablation import ABLATION_NECKS, FUSION_COMPARISON
+from ..studies.repeats import bound_settings
 
 
 def add_ablate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,11 +81,6 @@ def short_train_fn(args: argparse.Namespace) -> functools.partial[Any]:
     )
 
 
-def record_settings(train_fn: functools.partial[Any]) -> dict[str, Any]:
-    """The settings bound into ``train_fn`` as JSON values, for the training records."""
-    return {k: str(v) if isinstance(v, Path) else v for k, v in train_fn.keywords.items()}
-
-
 def cmd_ablate(args: argparse.Namespace) -> int:
     """Run :func:`run_ablation` from parsed ``efficientdet ablate`` arguments."""
     command = " ".join(
@@ -106,7 +102,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         train_fn=train_fn,
         train_setting=ablation.DEFAULT_TRAIN_SETTING,
         seeds=args.seeds,
-        training=None if train_fn is None else record_settings(train_fn),
+        training=None if train_fn is None else bound_settings(train_fn),
         command=command,
     )
     return 0

@@ -11,6 +11,7 @@ the training settings were part of the record carry none; they are reused with a
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -74,6 +75,17 @@ class Repeats:
         if len(self.values(key)) == 1:
             return f"{self.mean(key):.3f}"
         return f"{self.mean(key):.3f} ± {self.std(key):.3f}"
+
+
+def bound_settings(train_fn: functools.partial[Any]) -> dict[str, Any]:
+    """The keyword settings bound into ``train_fn`` as JSON values (paths as text, tuples as
+    lists): the ``training`` of :func:`train_repeats` for a study's partial training."""
+    def plain(value: Any) -> Any:
+        if isinstance(value, Path):
+            return str(value)
+        return list(value) if isinstance(value, tuple) else value
+
+    return {key: plain(value) for key, value in train_fn.keywords.items()}
 
 
 def _signature(

@@ -39,7 +39,7 @@ from ..modeling.scaling import (
     compound_config,
     round_half_up,
 )
-from .repeats import Repeats, train_repeats
+from .repeats import Repeats, bound_settings, train_repeats
 
 log = logging.getLogger(__name__)
 
@@ -439,23 +439,19 @@ def run_study(
                 "count means other processes shared the cores and latencies are inflated."
             )
     seeds = range(settings.seed, settings.seed + settings.seeds)
-    training = {
-        "data": str(data), "batch_size": settings.train_batch_size,
-        "pretrained_backbone": settings.pretrained_backbone,
-        "overrides": list(settings.train_overrides),
-    }
-    for row in rows:
-        if data is not None:
-            from .short_train import short_train
+    train_fn = None
+    if data is not None:
+        from .short_train import short_train
 
-            train_fn = functools.partial(
-                short_train, data=data, batch_size=settings.train_batch_size,
-                pretrained_backbone=settings.pretrained_backbone,
-                overrides=settings.train_overrides,
-            )
+        train_fn = functools.partial(
+            short_train, data=data, batch_size=settings.train_batch_size,
+            pretrained_backbone=settings.pretrained_backbone, overrides=settings.train_overrides,
+        )
+    for row in rows:
+        if train_fn is not None:
             row.accuracy = train_repeats(
                 train_fn, row.config, settings.train_steps, out / "runs" / row.config.name, seeds,
-                training=training,
+                training=bound_settings(train_fn),
             )
             row.ap = row.accuracy.mean("AP")
         latency = "" if row.latency_ms is None else f", {row.latency_ms:.0f} ms"
