@@ -218,3 +218,8 @@ def test_cli_train_set_reaches_every_short_training(tmp_path, monkeypatch) -> No
     assert all(c["steps"] == 7 and c["data"] == str(data) for c in calls)
     text = (tmp_path / "study" / "scaling_study.md").read_text()
     assert "`optim.lr=0.015`, `optim.ema_decay=0.99`" in text
+
+
+def test_a_malformed_train_set_fails_before_any_work() -> None:
+    with pytest.raises(ValueError, match="'bogus' must look like section.key=value"):
+        StudySettings(train_overrides=("optim.lr=0.01", "bogus"))

@@ -115,6 +115,10 @@ class StudySettings:
             raise ValueError(f"train_steps must be >= 0, got {self.train_steps}")
         if self.seeds < 1:
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
+        from ..train.config import parse_override
+
+        for override in self.train_overrides:  # a malformed one fails now, not after the timing
+            parse_override(override)
 
 
 @dataclass
