@@ -1,4 +1,5 @@
-"""Timing helpers shared by the benchmarks: median of repeated runs after warm-up."""
+"""Timing helpers shared by the benchmarks: median of repeated runs after warm-up
+(:mod:`efficientdet.devices`' timers, which synchronize CUDA around each call)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,13 @@ import json
 import os
 import platform
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from efficientdet.deploy.runtime import tune_cpu_allocator
+from efficientdet.devices import time_calls, time_round_robin
 
 _allocator = "system"
 
@@ -29,32 +30,23 @@ def setup(threads: int = 2) -> None:
     _allocator = "tuned" if wanted != "system" and tune_cpu_allocator() else "system"
 
 
-def median_ms(fn: Callable[[], object], repeats: int = 10, warmup: int = 3) -> float:
-    """Median wall time of ``fn()`` in milliseconds."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+def median_ms(
+    fn: Callable[[], object], repeats: int = 10, warmup: int = 3,
+    device: torch.device | str | None = None,
+) -> float:
+    """Median wall time of ``fn()`` in milliseconds; ``device``: the one ``fn`` runs on,
+    synchronized around each call (CUDA)."""
+    return statistics.median(time_calls(fn, repeats=repeats, warmup=warmup, device=device)) * 1000
 
 
 def interleaved_median_ms(
-    fns: dict[str, Callable[[], object]], repeats: int = 10, warmup: int = 3
+    fns: dict[str, Callable[[], object]], repeats: int = 10, warmup: int = 3,
+    device: torch.device | str | None = None,
 ) -> dict[str, float]:
-    """Median times of several functions run in alternation, so machine noise hits all alike."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for key, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[key].append((time.perf_counter() - start) * 1000)
-    return {k: statistics.median(v) for k, v in times.items()}
+    """Median times in milliseconds of several functions run in alternation, so machine noise
+    hits all alike; ``device`` as in :func:`median_ms`."""
+    times = time_round_robin(list(fns.values()), repeats=repeats, warmup=warmup, device=device)
+    return {key: statistics.median(t) * 1000 for key, t in zip(fns, times, strict=True)}
 
 
 def machine() -> str:

@@ -2,8 +2,8 @@
 
 ``config <- modeling <- detection <- data <- inference <- {train, deploy} <- studies <- cli``:
 a module imports only from its own package and from layers below it, never from a sibling
-layer or above. ``data`` is stricter: of the package it imports only ``config`` and the image
-decoding and letterbox of ``detection.transform`` (the one letterbox that evaluation and
+layer or above. ``data`` is stricter: of the package it imports only ``config``, ``devices``
+(the device names) and the image decoding and letterbox of ``detection.transform`` (the one letterbox that evaluation and
 prediction share), so a dataset can be read without building a model; it sits below
 ``inference`` because evaluation reads datasets. Imports inside functions count too (they are
 for heavy optional third-party dependencies, never for getting around a cycle), and the
@@ -20,6 +20,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "efficientdet"
 LAYERS: dict[str, int] = {
     "config": 0,
+    "devices": 0,
     "modeling": 1,
     "detection": 2,
     "data": 3,
@@ -30,7 +31,7 @@ LAYERS: dict[str, int] = {
     "cli": 7,
 }
 # Layers held to a short list of what they may import from other layers.
-RESTRICTED = {"data": {"config", "detection.transform"}}
+RESTRICTED = {"data": {"config", "devices", "detection.transform"}}
 ROOT_MODULES = {"__init__", "__main__"}  # the lazy public facade and `python -m`
 ROOT_NAMES = {"__version__"}  # what a module may take from the package root
 

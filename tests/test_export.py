@@ -16,6 +16,8 @@ from PIL import Image
 from torch import nn
 
 from efficientdet.cli.export import add_export_arguments, cmd_export
+from efficientdet.cli.main import build_parser, main
+from efficientdet.cli.serve import cmd_serve
 from efficientdet.deploy.backends import build_predictor, resolve_backend
 from efficientdet.deploy.export import (
     OnnxMetadata,
@@ -23,7 +25,7 @@ from efficientdet.deploy.export import (
     read_onnx_metadata,
 )
 from efficientdet.deploy.export_graph import PAD_LABEL, class_nms, padded_detections
-from efficientdet.deploy.onnx_backend import OnnxDetector
+from efficientdet.deploy.onnx_backend import OnnxDetector, onnx_providers
 from efficientdet.detection.anchors import generate_anchors
 from efficientdet.detection.detector import Detector
 from efficientdet.detection.postprocess import PostprocessConfig, postprocess
@@ -348,6 +350,91 @@ def test_build_predictor_rejects_what_an_export_cannot_do(tiny) -> None:
         build_predictor(path, model_name="tf_efficientdet_d0")
     with pytest.raises(ValueError, match="backend"):
         build_predictor(path, backend="tensorrt")
+
+
+CPU_EP, CUDA_EP, TENSORRT_EP = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
+ORT_GPU = [TENSORRT_EP, CUDA_EP, CPU_EP]  # what onnxruntime-gpu built with TensorRT offers
+ORT_CPU = ["AzureExecutionProvider", CPU_EP]  # what the plain onnxruntime package offers
+
+
+def offer(monkeypatch: pytest.MonkeyPatch, providers: list[str], *, torch_gpu: bool) -> None:
+    """Pretend onnxruntime offers ``providers`` and PyTorch does (not) see a GPU."""
+    monkeypatch.setattr(ort, "get_available_providers", lambda: list(providers))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: torch_gpu)
+
+
+def test_cpu_device_runs_only_the_cpu_provider(monkeypatch) -> None:
+    offer(monkeypatch, ORT_GPU, torch_gpu=True)
+    assert onnx_providers("cpu") == [CPU_EP]
+    assert onnx_providers(torch.device("cpu")) == [CPU_EP]
+
+
+def test_cuda_device_puts_tensorrt_then_cuda_on_that_gpu_before_the_cpu(monkeypatch) -> None:
+    offer(monkeypatch, ORT_GPU, torch_gpu=True)
+    monkeypatch.setenv("TORCH_HOME", "/tmp/torch-home")
+    engines = str(Path(torch.hub.get_dir()) / "tensorrt")  # built engines are kept there
+    assert onnx_providers("cuda:1") == [
+        (TENSORRT_EP, {"device_id": 1, "trt_engine_cache_enable": True,
+                       "trt_engine_cache_path": engines}),
+        (CUDA_EP, {"device_id": 1}), CPU_EP,
+    ]
+    offer(monkeypatch, [CUDA_EP, CPU_EP], torch_gpu=True)  # no TensorRT in this build
+    assert onnx_providers("cuda") == [(CUDA_EP, {"device_id": 0}), CPU_EP]
+    # Asked for by name, CUDA is onnxruntime's to give: a CPU-only PyTorch does not matter.
+    offer(monkeypatch, [CUDA_EP, CPU_EP], torch_gpu=False)
+    assert onnx_providers(torch.device("cuda", 2)) == [(CUDA_EP, {"device_id": 2}), CPU_EP]
+
+
+def test_auto_takes_cuda_when_pytorch_sees_a_gpu_and_onnxruntime_has_it(monkeypatch) -> None:
+    offer(monkeypatch, [CUDA_EP, CPU_EP], torch_gpu=True)
+    assert onnx_providers("auto") == [(CUDA_EP, {"device_id": 0}), CPU_EP]
+    offer(monkeypatch, [CUDA_EP, CPU_EP], torch_gpu=False)
+    assert onnx_providers("auto") == [CPU_EP]
+    offer(monkeypatch, ORT_CPU, torch_gpu=True)
+    assert onnx_providers() == [CPU_EP]
+
+
+def test_cuda_with_cpu_onnxruntime_names_the_package_in_one_line(monkeypatch) -> None:
+    offer(monkeypatch, ORT_CPU, torch_gpu=True)
+    with pytest.raises(ValueError, match="pip install onnxruntime-gpu in place of onnxruntime") as caught:
+        onnx_providers("cuda:0")
+    assert str(caught.value).startswith(f"--device cuda:0: onnxruntime {ort.__version__} has no {CUDA_EP}")
+    assert "\n" not in str(caught.value)
+    with pytest.raises(ValueError, match="--device gpu: not one of auto, cpu, cuda, cuda:N"):
+        onnx_providers("gpu")
+
+
+def test_a_session_that_falls_back_to_the_cpu_is_refused_when_cuda_was_asked_for(
+    tiny, monkeypatch, caplog
+) -> None:
+    """This onnxruntime has no CUDA provider, so a session asked for it runs on the CPU, as
+    onnxruntime-gpu's does when its CUDA libraries are missing."""
+    if CUDA_EP in ort.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    _, _, path = tiny
+    offer(monkeypatch, [CUDA_EP, CPU_EP], torch_gpu=True)
+    with pytest.raises(ValueError, match=f"could not start {CUDA_EP} and runs on {CPU_EP}"):
+        OnnxDetector(path, device="cuda")
+    detector = OnnxDetector(path, device="auto")  # auto: a warning, and the CPU
+    assert detector.session.get_providers() == [CPU_EP]
+    assert f"could not start {CUDA_EP}" in caplog.text
+
+
+def test_predict_and_serve_pass_the_device_to_onnx_runtime(tiny, monkeypatch, tmp_path, capsys) -> None:
+    _, _, path = tiny
+    offer(monkeypatch, ORT_CPU, torch_gpu=True)
+    with pytest.raises(ValueError, match="onnxruntime-gpu"):
+        build_predictor(path, device="cuda")
+    assert build_predictor(path, device="auto").num_classes == 90  # CPU, as offered
+    image = tmp_path / "image.png"
+    Image.new("RGB", (32, 24)).save(image)
+    out = tmp_path / "out"
+    assert main(["predict", str(image), "--weights", str(path), "--device", "cuda", "--out", str(out)]) == 2
+    assert "pip install onnxruntime-gpu" in capsys.readouterr().err
+    assert not out.exists()  # refused before anything was written
+    serve_args = build_parser().parse_args(["serve", "--weights", str(path), "--device", "cuda:1"])
+    with pytest.raises(ValueError, match="--device cuda:1: onnxruntime .* pip install onnxruntime-gpu"):
+        cmd_serve(serve_args)
 
 
 def test_export_arguments() -> None:

@@ -34,7 +34,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="detections scoring at or below this are not returned")
     parser.add_argument("--max-detections", type=int, default=100)
     add_image_size(parser)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto",
+                        help="auto (CUDA when PyTorch sees a GPU), cpu, cuda or cuda:N; for an "
+                        ".onnx file, ONNX Runtime's TensorRT / CUDA providers (onnxruntime-gpu)")
     parser.add_argument("--optimize", action="store_true", help="PyTorch: fold BN, channels-last")
     parser.add_argument("--threads", type=int, help="ONNX Runtime threads (default: torch's)")
 

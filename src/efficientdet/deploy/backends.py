@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from ..devices import resolve_device
 from ..inference.tta import TTAConfig, TTADetector
 from .onnx_backend import OnnxDetector
 
@@ -52,7 +53,7 @@ def build_predictor(
     score_threshold: float = 0.3,
     max_detections: int = 100,
     nms: str = "hard",
-    device: str = "auto",
+    device: str | torch.device = "auto",
     optimize: bool = False,
     threads: int | None = None,
     tta: TTAConfig | None = None,
@@ -71,7 +72,9 @@ def build_predictor(
         score_threshold: detections scoring at or below this are dropped.
         max_detections: detections per image.
         nms: ``"hard"`` or ``"soft"`` (soft-NMS: PyTorch only; exports run hard NMS).
-        device: PyTorch device, ``"auto"`` for CUDA when available.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (CUDA when available):
+            the PyTorch device (:func:`efficientdet.devices.resolve_device`), or ONNX Runtime's
+            execution providers (:func:`~efficientdet.deploy.onnx_backend.onnx_providers`).
         optimize: PyTorch only: run :func:`efficientdet.modeling.optimize.optimize_for_inference`.
         threads: ONNX Runtime threads (default ``torch.get_num_threads()``).
         tta: PyTorch only: test-time augmentation (:class:`~efficientdet.inference.tta.TTADetector`).
@@ -95,7 +98,8 @@ def build_predictor(
                 "--tta needs the PyTorch backend: an ONNX export runs one fixed input size"
             )
         onnx_detector = OnnxDetector(
-            weights, threads=threads, score_threshold=score_threshold, max_detections=max_detections
+            weights, threads=threads, device=device, score_threshold=score_threshold,
+            max_detections=max_detections,
         )
         meta = onnx_detector.metadata
         if model_name is not None and model_name != meta.model_name:
@@ -112,11 +116,9 @@ def build_predictor(
     from ..detection.detector import Detector
     from ..inference.loading import load_model
 
+    torch_device = resolve_device(device)  # before the weights load: a bad --device fails fast
     loaded = load_model(
         weights, model_name=model_name, pretrained=pretrained, image_size=image_size
-    )
-    torch_device = torch.device(
-        device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     )
     model: torch.nn.Module = loaded.model.to(torch_device)
     if optimize:

@@ -5,8 +5,8 @@
 exactly as the PyTorch path does, runs the graph (decoding and NMS inside) and maps the boxes
 back to each image's original pixels with :func:`efficientdet.detection.transform.scale_boxes_to_original`.
 
-:func:`build_predictor` turns a weights file and command-line options into the
-``predict_fn`` that :func:`efficientdet.inference.predict.run_prediction` takes, for either backend.
+:func:`onnx_providers` turns ``--device`` into ONNX Runtime's execution providers: the one
+place that chooses them, for every session that predicts.
 """
 
 from __future__ import annotations
@@ -14,20 +14,76 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..detection.transform import ImageSource, as_sources, preprocess_batch, scale_boxes_to_original
+from ..devices import parse_device
 from .export import OnnxMetadata, require
 from .onnx_format import KIND_DETECTIONS
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OnnxDetector"]
+__all__ = ["OnnxDetector", "onnx_providers"]
 
 Detections = list[dict[str, Tensor]]
+# An ONNX Runtime execution provider: its name, or its name and options.
+Provider = str | tuple[str, dict[str, Any]]
+
+CPU_PROVIDER = "CPUExecutionProvider"
+CUDA_PROVIDER = "CUDAExecutionProvider"
+TENSORRT_PROVIDER = "TensorrtExecutionProvider"
+
+
+def _is_auto(device: str | torch.device) -> bool:
+    return isinstance(device, str) and device.strip().lower() == "auto"
+
+
+def onnx_providers(device: str | torch.device = "auto") -> list[Provider]:
+    """ONNX Runtime's execution providers for ``device``, best first.
+
+    - ``"cpu"``: the CPU provider.
+    - ``"cuda"`` / ``"cuda:N"``: TensorRT (where this onnxruntime has it; its engines cached
+      in ``<torch hub dir>/tensorrt``), then CUDA, both on GPU ``N`` (``device_id``, 0 by
+      default), then the CPU for operators they do not run.
+    - ``"auto"``: the CUDA list when PyTorch sees a GPU and this onnxruntime has the CUDA
+      provider, else the CPU.
+
+    Raises:
+        ValueError: a device name other than those (:func:`efficientdet.devices.parse_device`),
+            or CUDA asked for with an onnxruntime built without it (the CPU-only
+            ``onnxruntime`` package, not ``onnxruntime-gpu``).
+    """
+    ort = require("onnxruntime")
+    available = set(ort.get_available_providers())
+    if _is_auto(device):
+        if CUDA_PROVIDER not in available or not torch.cuda.is_available():
+            return [CPU_PROVIDER]
+        target = torch.device("cuda")
+    else:
+        target = parse_device(device)
+    if target.type == "cpu":
+        return [CPU_PROVIDER]
+    if CUDA_PROVIDER not in available:
+        raise ValueError(
+            f"--device {device}: onnxruntime {ort.__version__} has no {CUDA_PROVIDER} (it has "
+            f"{', '.join(sorted(available))}); pip install onnxruntime-gpu in place of onnxruntime"
+        )
+    on_gpu = {"device_id": target.index or 0}
+    first: list[Provider] = []
+    if TENSORRT_PROVIDER in available:
+        # TensorRT builds an engine for the graph (minutes for a detector); the cache keeps
+        # it for the next session of the same file on the same GPU.
+        from torch.hub import get_dir
+
+        engines = Path(get_dir()) / "tensorrt"
+        first = [(TENSORRT_PROVIDER, {
+            **on_gpu, "trt_engine_cache_enable": True, "trt_engine_cache_path": str(engines),
+        })]
+    return [*first, (CUDA_PROVIDER, dict(on_gpu)), CPU_PROVIDER]
 
 
 class OnnxDetector:
@@ -36,7 +92,9 @@ class OnnxDetector:
     Args:
         path: the ``.onnx`` file.
         threads: ONNX Runtime intra-op threads (default: ``torch.get_num_threads()``).
-        providers: execution providers (default: CPU).
+        device: where the graph runs: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``
+            (:func:`onnx_providers`). Pre- and post-processing stay on the CPU.
+        providers: execution providers, in place of ``device``'s.
         score_threshold: keep detections scoring above this; it can only raise the file's own
             threshold (a lower one logs a warning). Default: the file's.
         max_detections: keep at most this many per image, up to the file's own number.
@@ -51,7 +109,8 @@ class OnnxDetector:
         path: str | Path,
         *,
         threads: int | None = None,
-        providers: Sequence[str] | None = None,
+        device: str | torch.device = "cpu",
+        providers: Sequence[Provider] | None = None,
         score_threshold: float | None = None,
         max_detections: int | None = None,
     ) -> None:
@@ -64,12 +123,12 @@ class OnnxDetector:
         options.intra_op_num_threads = threads if threads is not None else torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        wanted = list(providers) if providers is not None else onnx_providers(device)
         try:
-            self.session = ort.InferenceSession(
-                str(self.path), options, providers=list(providers or ["CPUExecutionProvider"])
-            )
+            self.session = ort.InferenceSession(str(self.path), options, providers=wanted)
         except Exception as err:  # ORT raises its own exception types
             raise ValueError(f"{self.path}: ONNX Runtime cannot load the file ({err})") from err
+        self._check_providers(wanted, explicit=providers is not None or not _is_auto(device))
         props = self.session.get_modelmeta().custom_metadata_map
         self.metadata = OnnxMetadata.from_props(props, str(self.path))
         if self.metadata.output != KIND_DETECTIONS:
@@ -92,6 +151,23 @@ class OnnxDetector:
             )
         self.score_threshold = max(file_threshold, score_threshold or 0.0)
         self.max_detections = min(file_max, max_detections or file_max)
+
+    def _check_providers(self, wanted: list[Provider], *, explicit: bool) -> None:
+        """Refuse (asked for) or log (``auto``) a session that fell back from the GPU to the
+        CPU, as ONNX Runtime does when the CUDA provider cannot start (its CUDA or cuDNN
+        libraries missing, or of another version)."""
+        names = [p if isinstance(p, str) else p[0] for p in wanted]
+        running = self.session.get_providers()
+        if CUDA_PROVIDER not in names or CUDA_PROVIDER in running:
+            return
+        problem = (
+            f"{self.path}: ONNX Runtime could not start {CUDA_PROVIDER} and runs on "
+            f"{', '.join(running)}; see its log above (the CUDA and cuDNN libraries that "
+            "onnxruntime-gpu needs)"
+        )
+        if explicit:
+            raise ValueError(problem)
+        log.warning("%s", problem)
 
     @property
     def image_size(self) -> tuple[int, int]:

@@ -18,6 +18,7 @@ BiFPN depth, 6.
 from __future__ import annotations
 
 import csv
+import functools
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -30,6 +31,7 @@ from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..config import ModelConfig
+from ..devices import time_round_robin
 from ..modeling.model import EfficientDet
 from ..modeling.necks import NECKS
 from ..modeling.profile import count_multiply_adds, count_parameters
@@ -248,19 +250,13 @@ def _round_robin(
     benches: Sequence[_Bench], runs: int, warmup: int, clock: Callable[[], float]
 ) -> tuple[list[list[float]], list[list[float]]]:
     """Milliseconds by ``clock`` of each bench's neck and whole network, runs interleaved."""
-    neck_times: list[list[float]] = [[] for _ in benches]
-    model_times: list[list[float]] = [[] for _ in benches]
-    for r in range(warmup + max(1, runs)):
-        for i, (model, images, features) in enumerate(benches):
-            start = clock()
-            model.neck(features)
-            middle = clock()
-            model(images)
-            end = clock()
-            if r >= warmup:
-                neck_times[i].append((middle - start) * 1e3)
-                model_times[i].append((end - middle) * 1e3)
-    return neck_times, model_times
+    calls: list[Callable[[], object]] = []
+    for model, images, features in benches:
+        calls += [functools.partial(model.neck, features), functools.partial(model, images)]
+    device = benches[0][1].device if benches else None
+    seconds = time_round_robin(calls, repeats=max(1, runs), warmup=warmup, device=device, clock=clock)
+    ms = [[t * 1e3 for t in times] for times in seconds]
+    return ms[0::2], ms[1::2]
 
 
 def measure_latencies(configs: Sequence[ModelConfig], runs: int, warmup: int = 2) -> list[Latency]:

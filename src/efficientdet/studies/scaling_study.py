@@ -25,7 +25,6 @@ import math
 import os
 import platform
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -385,6 +384,7 @@ def measure_latencies(
     """
     import torch
 
+    from ..devices import time_round_robin
     from ..modeling.model import EfficientDet
 
     previous = torch.get_num_threads()
@@ -393,15 +393,12 @@ def measure_latencies(
         torch.manual_seed(seed)
         models = [EfficientDet(config).eval() for config in configs]
         inputs = [torch.randn(batch, 3, *config.image_size) for config in configs]
-        times: list[list[float]] = [[] for _ in configs]
+        calls = [functools.partial(model, x) for model, x in zip(models, inputs, strict=True)]
         with torch.inference_mode():
-            for i in range(warmup + repeats):
-                for model, x, record in zip(models, inputs, times, strict=True):
-                    start = time.perf_counter()
-                    model(x)
-                    if i >= warmup:
-                        record.append((time.perf_counter() - start) * 1000)
-        return times
+            seconds = time_round_robin(
+                calls, repeats=repeats, warmup=warmup, device=inputs[0].device if inputs else None
+            )
+        return [[t * 1000 for t in times] for times in seconds]
     finally:
         torch.set_num_threads(previous)
 

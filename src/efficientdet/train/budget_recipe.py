@@ -37,6 +37,7 @@ import torch
 from ..config import ModelConfig
 from ..data import DetectionData, DetectionDataset, build_transform, load_dataset
 from ..detection.anchor_fit import fit_anchors, matched_share
+from ..devices import resolve_device, time_calls
 from ..modeling.backbone import create_backbone
 from ..modeling.model import EfficientDet
 from ..modeling.pretrained import PRETRAINED
@@ -261,14 +262,9 @@ def summarize_data(train: DetectionData, val: DetectionData | None) -> DataSumma
 
 
 @torch.no_grad()
-def _time(fn: Any, repeats: int = 3) -> float:
-    fn()  # warm-up
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+def _time(fn: Any, device: torch.device, repeats: int = 3) -> float:
+    """Seconds of the fastest of ``repeats`` calls of ``fn()`` on ``device``, after one warm-up."""
+    return min(time_calls(fn, repeats=repeats, warmup=1, device=device))
 
 
 def measure_speed(config: ModelConfig, *, batch_size: int = BATCH_SIZE, device: str = "cpu") -> Speed:
@@ -281,9 +277,9 @@ def measure_speed(config: ModelConfig, *, batch_size: int = BATCH_SIZE, device: 
     h, w = config.image_size
     images = torch.randn(4, 3, h, w, device=dev).contiguous(memory_format=torch.channels_last)
     backbone = inference_backbone(model.backbone, config.image_size).to(dev)
-    per_image = _time(lambda: backbone(images)) / len(images)
+    per_image = _time(lambda: backbone(images), dev) / len(images)
     model.eval()
-    full = _time(lambda: model(images)) / len(images)
+    full = _time(lambda: model(images), dev) / len(images)
     with torch.no_grad():
         maps = [m.repeat(math.ceil(batch_size / len(images)), 1, 1, 1)[:batch_size] for m in backbone(images)]
     model.train()
@@ -301,7 +297,7 @@ def measure_speed(config: ModelConfig, *, batch_size: int = BATCH_SIZE, device: 
             optimizer.step()
 
     # Anchor matching, the focal loss and the EMA add about a quarter to the bare step.
-    step_time = 1.25 * _time(step, repeats=2)
+    step_time = 1.25 * _time(step, dev, repeats=2)
     return Speed(per_image, step_time, full, batch_size, torch.get_num_threads(), dev.type)
 
 
@@ -313,10 +309,14 @@ def _read_seconds(data: DetectionData, config: ModelConfig, count: int = 8) -> f
     )
     dataset = DetectionDataset(data, transform, on_unreadable="substitute")
     items = min(count, len(dataset))
-    start = time.perf_counter()
-    for i in range(items):
-        dataset[(i, 1)]
-    return (time.perf_counter() - start) / max(1, items)
+    if items == 0:
+        return 0.0
+
+    def read_all() -> None:
+        for i in range(items):
+            dataset[(i, 1)]
+
+    return time_calls(read_all, repeats=1, warmup=0)[0] / items
 
 
 _MISSING = object()
@@ -377,8 +377,7 @@ def plan_budget_recipe(
         choices.append(Choice(key, value, reason))
         return value
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(resolve_device(device))
     name = choose("model.name", DEFAULT_MODEL, "the smallest EfficientDet; its ImageNet backbone ships offline")
     coco = _coco_weights_cached(name)
     if coco:
