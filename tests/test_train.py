@@ -107,7 +107,7 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(tiny_demo, tmp_path: Pa
 
     monkeypatch.setattr(Detector, "loss", flaky)
     cfg = _config(tiny_demo, tmp_path / "nan", "run.max_steps=20", "run.max_nonfinite=3")
-    with pytest.raises(TrainingError, match="non-finite losses in a row.*learning rate"):
+    with pytest.raises(TrainingError, match="non-finite steps in a row.*learning rate"):
         train(cfg)
     state = torch.load(tmp_path / "nan" / STATE_FILE, weights_only=True)
     assert state["nonfinite_total"] == 5 and state["step"] == 6
@@ -323,3 +323,69 @@ def test_custom_anchors_train_save_reload_and_export(tiny_demo, tmp_path: Path) 
                 & ((got["boxes"] - box).abs() <= 1e-2 + 1e-3 * box.abs()).all(dim=1)
             )
             assert bool(same.any()), (box, score, label)
+
+
+def test_bf16_autocast_trains_close_to_float32(tiny_demo, tmp_path: Path) -> None:
+    extra = ("run.max_steps=4", "data.augment=false", "optim.ema_decay=0")
+    fp32 = train(_config(tiny_demo, tmp_path / "fp32", *extra))
+    bf16 = train(_config(tiny_demo, tmp_path / "bf16", *extra, "run.amp=bf16"))
+    assert bf16.status == "finished" and bf16.nonfinite_steps == 0
+    assert all(torch.isfinite(torch.tensor(bf16.losses)))
+    # bf16 keeps 8 bits of mantissa: the same trajectory to about a percent.
+    torch.testing.assert_close(torch.tensor(bf16.losses), torch.tensor(fp32.losses), rtol=0.03, atol=0.0)
+    assert bf16.losses != fp32.losses  # the network did run in bf16
+
+
+def test_fp16_overflowing_gradients_are_skipped_and_counted(tiny_demo, tmp_path: Path, monkeypatch) -> None:
+    """fp16 runs with a gradient scaler; a step whose scaled gradients overflow is skipped by
+    it (weights untouched, scale lowered) and counted, not applied. The first steps overflow
+    too, until the scaler has lowered its initial scale of 2**16 far enough."""
+    from efficientdet.detection.detector import Detector
+
+    real = Detector.loss
+    calls = {"n": 0}
+    huge = 12
+
+    def huge_once(self, images, targets):
+        out = real(self, images, targets)
+        calls["n"] += 1
+        if calls["n"] == huge:  # finite in float32, but its fp16 gradients overflow once scaled
+            out = {k: v * 1e12 for k, v in out.items()}
+        return out
+
+    monkeypatch.setattr(Detector, "loss", huge_once)
+    weights: dict[int, dict[str, torch.Tensor]] = {}
+    overflows: dict[int, int] = {}
+    scales: dict[int, float] = {}
+
+    def snapshot(step: int, row: dict) -> bool:
+        weights[step] = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+        overflows[step] = trainer.overflow_total
+        scales[step] = trainer.scaler.get_scale()
+        return False
+
+    cfg = _config(tiny_demo, tmp_path / "fp16", f"run.max_steps={huge + 2}", "run.amp=fp16",
+                  "optim.ema_decay=0", "data.augment=false")
+    trainer = Trainer(cfg, on_step=snapshot)
+    assert trainer.scaler.is_enabled()
+    result = trainer.fit()
+    assert result.nonfinite_steps == 0
+    assert overflows[huge - 1] < huge - 1  # some steps before were applied
+    assert overflows[huge] == overflows[huge - 1] + 1
+    assert result.overflow_steps == overflows[huge + 2]
+    assert scales[huge] < scales[huge - 1]
+    for key, value in weights[huge].items():  # the overflowing step changed no weight
+        if value.is_floating_point() and "running" not in key:
+            torch.testing.assert_close(value, weights[huge - 1][key], msg=key)
+    assert any(not torch.equal(weights[huge + 1][k], weights[huge][k]) for k in weights[huge])
+    state = torch.load(tmp_path / "fp16" / STATE_FILE, weights_only=True)
+    assert state["overflow_total"] == result.overflow_steps and state["scaler"] is not None
+
+
+def test_loader_workers_do_not_change_the_trajectory(tiny_demo, tmp_path: Path) -> None:
+    """One loader serves the whole run (two epochs here) with a persistent worker; order and
+    augmentation depend on the seed alone, so the losses equal those of loading in-process."""
+    extra = ("run.max_steps=12", "optim.ema_decay=0")  # 24 images / batch 4: two epochs
+    inline = train(_config(tiny_demo, tmp_path / "w0", *extra))
+    workers = train(_config(tiny_demo, tmp_path / "w1", *extra, "data.num_workers=1"))
+    assert workers.losses == inline.losses and len(inline.losses) == 12

@@ -141,59 +141,82 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
 @command("train")
 def _cmd_train(args: argparse.Namespace) -> int:
     if args.nproc and args.nproc > 1:
-        from ..train.distributed import launch
+        from ..train.distributed import launch, parse_nproc
 
-        argv = [a for a in sys.argv[1:]]
-        i = argv.index("--nproc")
-        del argv[i : i + 2]
+        _, argv = parse_nproc(sys.argv[1:])
         return launch(args.nproc, argv)
-    from ..train import load_config, train
+    from ..train.distributed import DistContext
 
     overrides = list(args.set or [])
+    if args.resume and (args.minutes is not None or args.data is not None):
+        raise ValueError("--resume continues a run with its own recipe; --data and --minutes "
+                         "are for a new run")
+    if args.minutes is not None and args.data is None:
+        raise ValueError("--minutes plans a recipe for a dataset: give --data PATH")
+    # Under torchrun: the process group first, so that one process plans for all.
+    dist = DistContext.from_environment(
+        _train_device(str(Path(args.resume) / "config.yaml") if args.resume else args.config, overrides)
+    )
+    try:
+        result = _train_in(dist, args, overrides)
+    finally:
+        dist.close()
+    if dist.is_main:
+        print(f"{result.status}: {result.step}/{result.total_steps} steps in {result.seconds / 60:.1f} min; run folder {result.run_dir}")
+        if result.status != "finished":
+            print(f"resume with: efficientdet train --resume {result.run_dir}")
+        if result.metrics:
+            print(f"validation AP {result.metrics['AP']:.4f}  AP50 {result.metrics['AP50']:.4f}")
+    # A stop by SIGTERM / SIGINT saved the run: a scheduler's requeue resumes it. Exit 0.
+    return 0
+
+
+def _train_device(config_path: str | None, overrides: list[str]) -> Any:
+    """``run.device`` of a configuration file (a run folder's on resume) and overrides."""
+    from ..devices import resolve_device
+    from ..train.config import read_config_dict
+
+    path = config_path if config_path is None or Path(config_path).is_file() else None
+    run = read_config_dict(path, overrides).get("run") or {}
+    return resolve_device(str(run.get("device", "auto")))
+
+
+def _train_in(dist: Any, args: argparse.Namespace, overrides: list[str]) -> Any:
+    from ..train import Trainer, load_config, train
+
     if args.resume:
-        if args.minutes is not None or args.data is not None:
-            raise ValueError("--resume continues a run with its own recipe; --data and --minutes "
-                             "are for a new run")
-        result = train(None, resume=args.resume) if not overrides else _resume_with(args.resume, overrides)
-    elif args.minutes is not None:
+        if overrides:
+            return Trainer.resume(args.resume, overrides=overrides, dist=dist).fit()
+        return train(None, resume=args.resume, dist=dist)
+    if args.minutes is not None:
         from ..train.budget_recipe import budget_config
 
-        if args.data is None:
-            raise ValueError("--minutes plans a recipe for a dataset: give --data PATH")
-        config, recipe = budget_config(
-            args.data, args.minutes, config_path=args.config, overrides=overrides
+        # One plan, made and timed on rank 0 while the others wait, then used by every rank.
+        plan = (
+            budget_config(args.data, args.minutes, config_path=args.config, overrides=overrides)
+            if dist.is_main else None
         )
-        print(recipe.describe(), flush=True)
-        result = train(config)
-    else:
-        if args.data is not None:
-            overrides = [f"data.train={args.data}", f"data.val={args.data}", *overrides]
-        config = load_config(args.config, overrides)
-        if args.data is not None and config.run.time_budget_minutes is None:
-            log.warning(
-                "no --minutes: training runs the configured schedule (%d epochs); "
-                "--minutes N plans a recipe that fits N minutes on this machine",
-                config.run.epochs,
-            )
-        result = train(config)
-    print(f"{result.status}: {result.step}/{result.total_steps} steps in {result.seconds / 60:.1f} min; run folder {result.run_dir}")
-    if result.metrics:
-        print(f"validation AP {result.metrics['AP']:.4f}  AP50 {result.metrics['AP50']:.4f}")
-    return 0 if result.status == "finished" else 3
-
-
-def _resume_with(run_dir: str, overrides: list[str]) -> Any:
-    from ..train import Trainer
-
-    return Trainer.resume(run_dir, overrides=overrides).fit()
+        config, recipe = dist.broadcast(plan)
+        if dist.is_main:
+            print(recipe.describe(), flush=True)
+        return train(config, dist=dist)
+    if args.data is not None:
+        overrides = [f"data.train={args.data}", f"data.val={args.data}", *overrides]
+    config = load_config(args.config, overrides)
+    if args.data is not None and config.run.time_budget_minutes is None and dist.is_main:
+        log.warning(
+            "no --minutes: training runs the configured schedule (%d epochs); "
+            "--minutes N plans a recipe that fits N minutes on this machine",
+            config.run.epochs,
+        )
+    return train(config, dist=dist)
 
 
 @command("eval")
 def _cmd_eval(args: argparse.Namespace) -> int:
-    import torch
-
     from ..data import load_dataset
     from ..detection.detector import Detector
+    from ..devices import resolve_device
     from ..inference.evaluate import (
         evaluate_detector,
         format_metrics,
@@ -204,6 +227,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise NotADirectoryError(f"{args.out}: --out exists and is not a folder")
+    device = resolve_device(args.device)
     loaded = load_model(
         args.weights, model_name=args.model, pretrained=args.pretrained,
         image_size=image_size(args.image_size),
@@ -216,7 +240,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         loaded.class_names, loaded.label_to_category_id, loaded.model.config.num_classes, data,
         source=args.weights or f"{args.model} (pretrained)", data_source=args.data,
     )
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     detector: Any = Detector(loaded.model, nms=args.nms, max_detections=args.max_detections).to(device)
     tta = _tta_config(args)
     if tta is not None:
@@ -420,6 +443,12 @@ _PRETRAINED_HELP = (
 )
 
 
+_DEVICE_HELP = (
+    "auto (CUDA when PyTorch sees a GPU), cpu, cuda or cuda:N; for an .onnx file, ONNX "
+    "Runtime's TensorRT / CUDA providers (onnxruntime-gpu) or its CPU one"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
@@ -517,7 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-detections", type=int, default=100)
     p.add_argument("--nms", choices=["hard", "soft"], default="hard")
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help=_DEVICE_HELP)
     add_image_size(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--backend", choices=["auto", "pytorch", "onnxruntime"], default="auto",
@@ -548,7 +577,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "analysis (confusion matrix, PR curves, F1-best thresholds, error galleries)")
     add_image_size(p)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA when PyTorch sees a GPU), cpu, cuda or cuda:N")
     p.add_argument("--nms", choices=["hard", "soft"], default="hard")
     p.add_argument("--max-detections", type=int, default=100)
     _add_tta_arguments(p)

@@ -20,9 +20,11 @@ from .coco import coco_dict, load_coco, write_coco
 from .dataset import (
     DetectionDataset,
     EpochSampler,
+    RunSampler,
     SeededSampler,
     build_dataloader,
     collate_detection,
+    default_num_workers,
 )
 from .demo import DIGIT_CLASS_NAMES, DemoFiles, write_demo_dataset
 from .load import detect_format, load_dataset
@@ -47,11 +49,13 @@ __all__ = [
     "EvalTransform",
     "IssueLog",
     "EpochSampler",
+    "RunSampler",
     "SeededSampler",
     "TrainTransform",
     "TransformOutput",
     "assign_levels",
     "build_dataloader",
+    "default_num_workers",
     "build_transform",
     "check_dataset",
     "coco_dict",

@@ -24,6 +24,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..devices import resolve_device
 from .sample import DataError, DetectionData, DetectionSample
 from .transforms import TransformOutput
 
@@ -67,8 +68,9 @@ class DetectionDataset(Dataset):
             each unreadable file is logged once per process that meets it. A substituted
             item's target carries ``"replaced"``: ``[(index, message), ...]``, its own file
             and any other found unreadable while looking for the next one; giving a batch's targets
-            to :meth:`note_replaced` in the main process tells the loader workers of later
-            epochs (forked from it), so each file is logged once per run.
+            to :meth:`note_replaced` in the main process tells the loader workers started
+            after it (forked from it). A training run's loader keeps its workers for the
+            whole run, so each of them logs a file it meets once.
 
     Attributes:
         unreadable: sample index -> message, for the images found unreadable so far in this
@@ -238,6 +240,55 @@ class SeededSampler(Sampler[tuple[int, int]]):
         yield from epoch
 
 
+class RunSampler(Sampler[tuple[int, int]]):
+    """The epochs of a training run one after another, each in :class:`EpochSampler`'s order,
+    from ``(epoch, start_step)`` on: one loader, and one set of worker processes, serves the
+    whole run instead of one per epoch. Every epoch yields a whole number of batches, so no
+    batch straddles two epochs.
+
+    Args:
+        num_samples, seed, batch_size, rank, world_size: as :class:`EpochSampler`.
+        epoch, start_step: where the run is (resume).
+
+    The sampler never ends: the loader's user stops at the run's last step.
+    """
+
+    def __init__(
+        self, num_samples: int, *, seed: int, batch_size: int, epoch: int = 0,
+        start_step: int = 0, rank: int = 0, world_size: int = 1,
+    ) -> None:
+        self.num_samples, self.seed, self.batch_size = num_samples, seed, batch_size
+        self.epoch, self.start_step = epoch, start_step
+        self.rank, self.world_size = rank, world_size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch, start = self.epoch, self.start_step
+        while True:
+            yield from EpochSampler(
+                self.num_samples, seed=self.seed, epoch=epoch, batch_size=self.batch_size,
+                start_step=start, rank=self.rank, world_size=self.world_size,
+            )
+            epoch, start = epoch + 1, 0
+
+
+def default_num_workers(processes_per_machine: int | None = None) -> int:
+    """Loader worker processes for one training or evaluation process: the CPUs this process
+    may use, shared among the machine's data-parallel processes (``LOCAL_WORLD_SIZE`` under
+    torchrun), less one for the process itself; at most 8.
+
+    On a 2-core machine one process gets 1 worker; 8 processes on 64 cores get 7 each.
+    """
+    import os
+
+    if processes_per_machine is None:
+        processes_per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(0, min(8, cpus // max(1, processes_per_machine) - 1))
+
+
 def seed_worker(worker_id: int) -> None:
     """Seed Python's and numpy's RNGs in a worker from its torch seed (for user transforms)."""
     seed = torch.initial_seed() % 2**32
@@ -249,38 +300,42 @@ def build_dataloader(
     dataset: DetectionDataset,
     *,
     batch_size: int,
-    shuffle: bool,
-    num_workers: int = 0,
+    shuffle: bool = False,
+    num_workers: int | None = 0,
     seed: int = 0,
     drop_last: bool = False,
     device: torch.device | str | None = None,
+    sampler: Sampler | None = None,
 ) -> DataLoader:
-    """A DataLoader yielding ``(Tensor[B, 3, H, W], list of targets)``.
+    """A DataLoader yielding ``(Tensor[B, 3, H, W], list of targets)``; the one builder for
+    training, evaluation and prediction over a dataset.
 
     Args:
-        dataset: the :class:`DetectionDataset`.
+        dataset: the :class:`DetectionDataset` (or any dataset of ``(image, target)``).
         batch_size: images per batch.
-        shuffle: new random order every epoch (training).
-        num_workers: loader processes (0 loads in the main process); workers stay alive
-            between epochs.
+        shuffle: new random order every epoch (training); ignored with ``sampler``.
+        num_workers: loader processes (0 loads in the main process; None:
+            :func:`default_num_workers`); workers stay alive between epochs.
         seed: order and augmentation are a function of this seed only, not of
             ``num_workers``.
         drop_last: drop the last incomplete batch (useful with batch norm in training).
-        device: where batches go; memory is pinned only for CUDA. None means CUDA if
-            available.
+        device: where batches go; memory is pinned only for CUDA (then copy batches with
+            ``non_blocking=True``). None means CUDA if available.
+        sampler: the items and their augmentation seeds, e.g. :class:`RunSampler`; default
+            :class:`SeededSampler` over the whole dataset.
 
     Returns:
         ``torch.utils.data.DataLoader``.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    pin = torch.device(device).type == "cuda" and torch.cuda.is_available()
+    if num_workers is None:
+        num_workers = default_num_workers()
+    pin = resolve_device("auto" if device is None else device).type == "cuda"
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=SeededSampler(len(dataset), shuffle=shuffle, seed=seed),
+        sampler=sampler if sampler is not None else SeededSampler(len(dataset), shuffle=shuffle, seed=seed),
         num_workers=num_workers,
         collate_fn=collate_detection,
         pin_memory=pin,

@@ -231,6 +231,16 @@ class Detector(nn.Module):
         """
         self._check_targets(images, targets)
         class_outputs, box_outputs, anchors = self._run_model(images)
+        device_type = class_outputs[0].device.type
+        # Matching and the loss in float32 under mixed precision: only the network runs in
+        # bf16 / fp16 (the loss casts its inputs up, and nothing in it is cast back down).
+        with torch.autocast(device_type, enabled=False):
+            return self._loss_fp32(class_outputs, box_outputs, anchors, targets)
+
+    def _loss_fp32(
+        self, class_outputs: list[Tensor], box_outputs: list[Tensor], anchors: Tensor,
+        targets: Sequence[Target],
+    ) -> dict[str, Tensor]:
         cls_targets, box_targets = build_targets(anchors, targets, self.matcher)
         return compute_loss(
             class_outputs,

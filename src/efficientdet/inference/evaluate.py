@@ -20,9 +20,9 @@ from ..data import (
     DetectionData,
     DetectionDataset,
     DetectionSample,
+    build_dataloader,
     build_transform,
     coco_dict,
-    collate_detection,
 )
 from ..detection.transform import LetterboxInfo, scale_boxes_to_original
 from .error_analysis import ErrorAnalysis, analyze_errors
@@ -195,24 +195,31 @@ def predict_dataset(
     mean: Sequence[float],
     std: Sequence[float],
     batch_size: int = 8,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    indices: Sequence[int] | None = None,
 ) -> list[dict[str, Tensor]]:
     """Detections for every sample of ``data`` in original-image pixels (letterboxed input).
 
     An image that cannot be read gets no detections and an ``"unreadable"`` entry (the file
     and the problem) in its dict, instead of stopping the run.
-    """
-    from torch.utils.data import DataLoader
 
+    Args:
+        num_workers: loader processes decoding ahead of the network (None: from the CPU
+            count, :func:`~efficientdet.data.default_num_workers`).
+        indices: only these samples, in this order (one process's shard of a sharded
+            evaluation); default all.
+
+    Returns:
+        One dict per sample (of ``indices``): ``boxes`` ``Tensor[N, 4]`` xyxy, ``scores``
+        ``Tensor[N]``, ``labels`` ``Tensor[N]`` int64, on the CPU.
+    """
+    samples = list(data.samples) if indices is None else [data.samples[i] for i in indices]
     dataset = DetectionDataset(
-        data, build_transform(image_size, train=False, mean=mean, std=std), on_unreadable="blank"
+        samples, build_transform(image_size, train=False, mean=mean, std=std), on_unreadable="blank"
     )
-    loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-        collate_fn=collate_detection,
-    )
+    loader = build_dataloader(dataset, batch_size=batch_size, num_workers=num_workers, device=device)
     was_training = detector.training
     detector.eval()
     outputs: list[dict[str, Tensor]] = []
@@ -222,7 +229,7 @@ def predict_dataset(
 
         iterator = tqdm(loader, desc="eval", unit="batch", leave=False)
     for images, targets in iterator:
-        detections = detector(images.to(device))
+        detections = detector(images.to(device, non_blocking=True))
         for det, target in zip(detections, targets, strict=True):
             if "unreadable" in target:
                 outputs.append({
@@ -248,7 +255,7 @@ def evaluate_detector(
     mean: Sequence[float],
     std: Sequence[float],
     batch_size: int = 8,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     device: torch.device | str = "cpu",
     progress: bool = False,
     label_to_category_id: Sequence[int] | None = None,
@@ -256,18 +263,39 @@ def evaluate_detector(
 ) -> tuple[EvalResult, list[dict[str, Any]]]:
     """COCO metrics of ``detector`` on ``data``; also returns the COCO results entries.
 
+    :func:`predict_dataset`, then :func:`score_detections` (see there for
+    ``label_to_category_id`` and ``error_analysis``).
+    """
+    detections = predict_dataset(
+        detector, data, image_size=image_size, mean=mean, std=std, batch_size=batch_size,
+        num_workers=num_workers, device=device, progress=progress,
+    )
+    return score_detections(
+        data, detections, label_to_category_id=label_to_category_id, error_analysis=error_analysis
+    )
+
+
+def score_detections(
+    data: DetectionData,
+    detections: Sequence[dict[str, Any]],
+    *,
+    label_to_category_id: Sequence[int] | None = None,
+    error_analysis: bool = True,
+) -> tuple[EvalResult, list[dict[str, Any]]]:
+    """COCO metrics of per-image ``detections`` (aligned with ``data.samples``, as
+    :func:`predict_dataset` returns them, or gathered from the shards of several processes);
+    also returns the COCO results entries.
+
     ``label_to_category_id`` maps the detector's labels to category ids when they are not
     the dataset's own labels (see :func:`match_label_space`); detections of categories that
-    ``data`` does not have are left out. Images that cannot be read are logged, left out of
+    ``data`` does not have are left out. Images that could not be read are logged, left out of
     the ground truth and listed in ``EvalResult.unreadable``; the others are evaluated. With
     ``error_analysis``, the detections are also matched to the ground truth
     (:func:`analyze_sample_errors`) into ``EvalResult.error_analysis``.
     """
     samples = list(data.samples)
-    detections = predict_dataset(
-        detector, data, image_size=image_size, mean=mean, std=std, batch_size=batch_size,
-        num_workers=num_workers, device=device, progress=progress,
-    )
+    if len(detections) != len(samples):
+        raise ValueError(f"{len(detections)} detection entries for {len(samples)} images")
     if label_to_category_id is not None:
         detections = [
             to_dataset_labels(det, label_to_category_id, data.label_to_category_id)

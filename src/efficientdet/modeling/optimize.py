@@ -87,15 +87,17 @@ def fold_conv_bn_(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
 def _bn_replacement(bn: nn.BatchNorm2d) -> nn.Module | None:
     """What stays of ``bn`` once folded: nothing, or timm ``BatchNormAct2d``'s drop + act.
 
-    ``None`` for BatchNorm subclasses whose forward is not known.
+    The synchronised forms of both (``nn.SyncBatchNorm``, timm ``SyncBatchNormAct``, what
+    data-parallel training on GPUs converts them to) compute the same in evaluation mode and
+    fold the same way. ``None`` for BatchNorm subclasses whose forward is not known.
     """
-    if type(bn) is nn.BatchNorm2d:
+    if type(bn) in (nn.BatchNorm2d, nn.SyncBatchNorm):
         return nn.Identity()
     try:
-        from timm.layers import BatchNormAct2d
+        from timm.layers import BatchNormAct2d, SyncBatchNormAct
     except ImportError:  # pragma: no cover - timm is a dependency
         return None
-    if type(bn) is BatchNormAct2d:
+    if type(bn) in (BatchNormAct2d, SyncBatchNormAct):
         drop = cast(nn.Module, bn.drop)
         act = cast(nn.Module, bn.act)
         return act if isinstance(drop, nn.Identity) else nn.Sequential(drop, act)
@@ -151,7 +153,7 @@ def find_conv_bn_pairs(
     for module in model.modules():
         if isinstance(module, nn.Conv2d) and module.padding_mode == "zeros":
             handles.append(module.register_forward_hook(conv_hook))
-        elif isinstance(module, nn.BatchNorm2d):
+        elif isinstance(module, (nn.BatchNorm2d, nn.SyncBatchNorm)):
             handles.append(module.register_forward_pre_hook(bn_hook))
     was_training = model.training
     model.eval()

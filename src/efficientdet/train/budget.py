@@ -64,7 +64,7 @@ class TimeBudget:
             overhead: seconds spent in evaluations and checkpoints since the run started.
             eval_seconds: the last evaluation's duration; ``steps_per_eval``: steps between
                 two evaluations (0: none until the end).
-            agree: makes processes agree on the count (data-parallel: the mean over ranks).
+            agree: makes processes agree on the count (data-parallel: rank 0's, broadcast).
         """
         if self.fixed or self.mark is None or self.minutes is None:
             return None

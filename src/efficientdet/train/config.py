@@ -81,7 +81,7 @@ class DataSection:
     hflip_prob: float = 0.5
     scale_min: float = 0.1
     scale_max: float = 2.0
-    num_workers: int = 2
+    num_workers: int | None = None  # loader processes per training process; None: from the CPU count
     # Compute a frozen backbone's maps once (needs model.freeze_backbone=-1); see
     # efficientdet.train.feature_cache. cache_views: 1 plain + (views - 1) augmented copies.
     cache_features: bool = False
@@ -89,6 +89,8 @@ class DataSection:
     cache_max_gb: float = 8.0
 
     def __post_init__(self) -> None:
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0 (or null: from the CPU count), got {self.num_workers}")
         if self.cache_views < 1:
             raise ValueError(f"data.cache_views must be >= 1, got {self.cache_views}")
         if self.cache_views > 1 and not self.augment:

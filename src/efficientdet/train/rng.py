@@ -16,14 +16,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_state() -> dict[str, Any]:
-    state = {
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """This process's generators; with a CUDA ``device``, that GPU's generator too (a process
+    of a data-parallel run draws on its own GPU alone)."""
+    state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": _numpy_state(),
         "python": list(random.getstate()[1]),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
@@ -33,7 +35,13 @@ def _numpy_state() -> dict[str, Any]:
             "cached": float(cached)}
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+    """Restore what :func:`rng_state` saved; the CUDA generator onto ``device`` when both the
+    state and ``device`` have one (a state saved on the CPU leaves the GPU's as seeded).
+
+    States written before the per-process format keep every GPU's generator in a list under
+    ``"cuda"``; the entry of ``device``'s index is used when there is one.
+    """
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
     np.random.set_state(
@@ -41,5 +49,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
     )
     py = random.getstate()
     random.setstate((py[0], tuple(state["python"]), None))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is None or device is None or device.type != "cuda":
+        return
+    if isinstance(cuda, (list, tuple)):  # every GPU's, in device order
+        index = device.index or 0
+        if index >= len(cuda):
+            return
+        cuda = cuda[index]
+    torch.cuda.set_rng_state(cuda, device)
