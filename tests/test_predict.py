@@ -17,6 +17,7 @@ from efficientdet.inference.predict import (
     FAILURES_FILE,
     PREDICTIONS_FILE,
     RECORDS_FILE,
+    LetterboxPredictor,
     PredictionReport,
     collect_sources,
     is_video,
@@ -204,6 +205,87 @@ def test_run_prediction_empty_detections(tmp_path):
     assert report.images == 1 and report.detections == 0 and report.ok
     assert _read_json(report) == []
     assert (tmp_path / "out" / "p.png").is_file()
+
+
+def test_run_prediction_without_pictures_writes_the_records_only(tmp_path):
+    av = pytest.importorskip("av")
+    video = tmp_path / "clip.avi"
+    _write_video(av, video, frames=3)
+    image = _image(tmp_path / "still.png", size=(80, 40))
+    out = tmp_path / "out"
+    report = run_prediction(FakeDetector(), [image, video], out, batch_size=2, progress=False,
+                            pictures=False)
+    assert report.ok and (report.images, report.videos, report.frames) == (1, 1, 3)
+    assert report.outputs == []
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [PREDICTIONS_FILE, RECORDS_FILE, FAILURES_FILE]
+    )
+    records = [json.loads(line) for line in (out / RECORDS_FILE).read_text().splitlines()]
+    assert [(r["index"], r.get("frame"), r["output"]) for r in records] == [
+        (0, None, None), (1, 0, None), (1, 1, None), (1, 2, None),
+    ]
+    # 80x40: the centre box xyxy (20, 10, 60, 30) -> xywh (20, 10, 40, 20), as with pictures.
+    coco = [r for r in _read_json(report) if r["file_name"] == image.as_posix()]
+    assert sorted(r["bbox"] for r in coco) == [[0.0, 0.0, 10.0, 5.0], [20.0, 10.0, 40.0, 20.0]]
+
+
+# --- run_prediction: a predictor of letterboxed batches -------------------------------------
+
+
+def _corner_detector(batches: list[tuple[int, ...]]) -> LetterboxPredictor:
+    """Per letterboxed input: one box (8, 8, 40, 24) in input pixels, label 1, score the
+    mean of the input's first channel over that box (so it depends on the pixels)."""
+
+    def detect(batch: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        batches.append(tuple(batch.shape))
+        return [{
+            "boxes": torch.tensor([[8.0, 8.0, 40.0, 24.0]]),
+            "scores": x[0, 8:24, 8:40].mean().reshape(1).sigmoid(),
+            "labels": torch.tensor([1]),
+        } for x in batch]
+
+    return LetterboxPredictor(detect, (64, 64), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+
+
+def test_letterbox_predictor_gets_batches_and_boxes_come_back_in_image_pixels(tmp_path):
+    _image(tmp_path / "in" / "a.png", size=(80, 40), color=(200, 10, 10))
+    broken = tmp_path / "in" / "b.png"
+    broken.write_bytes(b"not a png at all")
+    _image(tmp_path / "in" / "c.png", size=(32, 64), color=(10, 200, 10))
+    batches: list[tuple[int, ...]] = []
+    out = tmp_path / "out"
+    report = run_prediction(_corner_detector(batches), collect_sources([tmp_path / "in"]), out,
+                            batch_size=2, progress=False)
+    assert batches == [(2, 3, 64, 64)]  # the letterboxed batch, without the broken file
+    assert [(f.path, f.reason) for f in report.failures] == [
+        (str(broken), "not an image (format not recognised)")
+    ]
+    failures = [json.loads(line) for line in (out / FAILURES_FILE).read_text().splitlines()]
+    assert failures == [{"index": 1, "path": str(broken),
+                         "reason": "not an image (format not recognised)"}]
+    records = [json.loads(line) for line in (out / RECORDS_FILE).read_text().splitlines()]
+    assert [(r["index"], r["width"], r["height"], r["output"]) for r in records] == [
+        (0, 80, 40, "a.png"), (2, 32, 64, "c.png"),
+    ]
+    # 80x40 into 64x64: scale 0.8, so (8, 8, 40, 24) / 0.8; 32x64: scale 1.0, clipped to x <= 32.
+    assert records[0]["detections"][0]["box"] == [10.0, 10.0, 50.0, 30.0]
+    assert records[1]["detections"][0]["box"] == [8.0, 8.0, 32.0, 24.0]
+
+
+def test_letterbox_predictor_gives_what_it_gives_as_a_function_of_images(tmp_path):
+    sources = [_image(tmp_path / "in" / f"{i}.png", size=(50 + 13 * i, 70 - 9 * i),
+                      color=(40 * i, 90, 200 - 30 * i)) for i in range(5)]
+    batches: list[tuple[int, ...]] = []
+    direct = _corner_detector(batches)
+
+    def as_function(images):  # a plain predict_fn: decoded images in, the reader only decodes
+        return direct(images)
+
+    run_prediction(direct, sources, tmp_path / "batches", batch_size=2, progress=False)
+    run_prediction(as_function, sources, tmp_path / "images", batch_size=2, progress=False)
+    assert len(batches) == 6
+    for name in (RECORDS_FILE, PREDICTIONS_FILE):
+        assert (tmp_path / "batches" / name).read_text() == (tmp_path / "images" / name).read_text()
 
 
 # --- run_prediction: videos ------------------------------------------------------------------

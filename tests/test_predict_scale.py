@@ -3,6 +3,7 @@ shards that add up to the whole run."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -185,6 +186,24 @@ def test_resume_refuses_changed_inputs(tmp_path):
                        resume=True)
 
 
+def test_resume_refuses_an_input_renamed_before_the_last_record(tmp_path):
+    sources = _corpus(tmp_path / "in", 4)
+    run_prediction(odd_widths_detect, sources, tmp_path / "out", progress=False, batch_size=2)
+    records = list(read_records(tmp_path / "out"))
+    order = "".join(p.as_posix() + "\n" for p in sources)
+    assert records[-1]["inputs_sha256"] == hashlib.sha256(order.encode()).hexdigest()[:16]
+    # As if killed after the first batch (inputs 0 and 1 done), then input 0 renamed: the
+    # count and the file at the resume point (input 1) are unchanged; only the digest sees it.
+    (tmp_path / "out" / RECORDS_FILE).write_text(
+        "".join(json.dumps(r) + "\n" for r in records[:2])
+    )
+    renamed = sources[0].with_name("00b.png")
+    sources[0].rename(renamed)
+    with pytest.raises(ValueError, match="inputs before .*01.png .input 1. were added to"):
+        run_prediction(odd_widths_detect, [renamed, *sources[1:]], tmp_path / "out",
+                       progress=False, resume=True)
+
+
 # --- the command, killed and resumed ------------------------------------------------------------
 
 
@@ -247,3 +266,17 @@ def test_predict_killed_with_sigkill_resumes_to_the_uninterrupted_result(
         (tmp_path / "whole" / PREDICTIONS_FILE).read_text()
     )
     assert len(list((tmp_path / "killed").glob("*.png"))) == 24
+
+
+def test_predict_no_pictures_writes_only_the_records(tmp_path, tiny_checkpoint, monkeypatch):
+    _corpus(tmp_path / "imgs", 3)
+    monkeypatch.chdir(tmp_path)
+    status = main(["predict", "imgs", "--out", "out", "--weights", str(tiny_checkpoint),
+                   "--score-threshold", "0.0", "--no-pictures", "--quiet"])
+    assert status == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        [FAILURES_FILE, PREDICTIONS_FILE, RECORDS_FILE, "predict_args.json"]
+    )
+    records = list(read_records(tmp_path / "out"))
+    assert [r["file_name"] for r in records] == ["imgs/00.png", "imgs/01.png", "imgs/02.png"]
+    assert [r["output"] for r in records] == [None, None, None]

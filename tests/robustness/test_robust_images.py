@@ -176,13 +176,13 @@ def test_predict_output_pictures_that_cannot_be_written_are_failures(
 def test_predictions_file_that_cannot_be_written_leaves_no_partial_file(
     cli, tiny_weights, image_corpus, tmp_path, monkeypatch
 ) -> None:
-    import efficientdet.inference.predict as predict_module
+    import efficientdet.inference.records as records_module
 
     def disk_full(obj, fp, *args, **kwargs):
         fp.write("[")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(predict_module.json, "dump", disk_full)
+    monkeypatch.setattr(records_module.json, "dump", disk_full)
     out = tmp_path / "out"
     # predictions.json is written detection by detection: --all-scores makes sure there are some.
     status, _, stderr = cli(

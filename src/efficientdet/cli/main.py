@@ -373,6 +373,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         predict_fn, iter_sources(args.sources), args.out, class_names=class_names,
         label_to_category_id=predictor.label_to_category_id, score_threshold=args.score_threshold,
         batch_size=args.batch_size, progress=not args.quiet, resume=resume, shard=shard,
+        pictures=not args.no_pictures,
     )
     print(report.summary())
     for failure in report.failures:
@@ -549,6 +550,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help=_DEVICE_HELP)
     add_image_size(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--no-pictures", action="store_true",
+                   help="write only the records (predictions.jsonl, predictions.json): no "
+                   "annotated pictures or videos")
     p.add_argument("--backend", choices=["auto", "pytorch", "onnxruntime"], default="auto",
                    help="auto: ONNX Runtime for .onnx weights, PyTorch otherwise")
     p.add_argument("--optimize", action="store_true",

@@ -3,7 +3,10 @@ runs it: the PyTorch :class:`~efficientdet.detection.detector.Detector` or ONNX 
 export (:class:`~efficientdet.deploy.onnx_backend.OnnxDetector`).
 
 :func:`build_predictor` turns a weights file and the command line's options into the
-``predict_fn`` that :func:`efficientdet.inference.predict.run_prediction` takes.
+``predict_fn`` that :func:`efficientdet.inference.predict.run_prediction` takes: for a plain
+detector a :class:`~efficientdet.inference.predictor.LetterboxPredictor`, so that
+``run_prediction`` letterboxes in its reader threads and hands the network whole batches; with
+test-time augmentation a plain function of images.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ..devices import resolve_device
+from ..inference.predictor import LetterboxPredictor
 from ..inference.tta import TTAConfig, TTADetector
 from .onnx_backend import OnnxDetector
 
@@ -109,9 +113,8 @@ def build_predictor(
                 f"{weights} was exported for {meta.image_size[0]}x{meta.image_size[1]} inputs; "
                 "export again with --image-size to run at another size"
             )
-        return Predictor(
-            onnx_detector.predict, meta.class_names, meta.label_to_category_id, meta.num_classes
-        )
+        letterboxed = LetterboxPredictor(onnx_detector.detect, meta.image_size, meta.mean, meta.std)
+        return Predictor(letterboxed, meta.class_names, meta.label_to_category_id, meta.num_classes)
 
     from ..detection.detector import Detector
     from ..inference.loading import load_model
@@ -128,10 +131,30 @@ def build_predictor(
     detector = Detector(
         model, nms=nms, max_detections=max_detections, score_threshold=score_threshold
     ).eval()
-    predict_fn = TTADetector(detector, tta).predict if tta is not None else detector.predict
+    predict_fn: Callable[[list[Any]], Detections]
+    if tta is not None:
+        predict_fn = TTADetector(detector, tta).predict
+    else:
+        config = detector.config  # what Detector.predict letterboxes to
+        predict_fn = LetterboxPredictor(
+            _detect_on(detector, torch_device), config.image_size, config.mean, config.std
+        )
     return Predictor(
         predict_fn,
         loaded.class_names,
         loaded.label_to_category_id,
         loaded.model.config.num_classes,
     )
+
+
+def _detect_on(detector: torch.nn.Module, device: torch.device) -> Callable[[Tensor], Detections]:
+    """``detect(batch: Tensor[B, 3, H, W]) -> detections in input pixels`` of an evaluation-mode
+    ``detector`` on ``device``, without gradients (what ``Detector.predict`` runs after its
+    letterbox)."""
+
+    @torch.no_grad()
+    def detect(batch: Tensor) -> Detections:
+        detections: Detections = detector(batch.to(device))
+        return detections
+
+    return detect

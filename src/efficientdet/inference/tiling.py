@@ -16,14 +16,14 @@ merge (``drop_edge_boxes``); objects larger than the overlap come from the whole
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 from PIL import Image
 from torch import Tensor
 
 from ..detection.fusion import MERGE_METHODS, merge_detections
-from .predict import PredictFn
+from .predictor import PredictFn, normalize_detections
 
 __all__ = ["tile_layout", "tiled_predict", "tiled_predict_fn"]
 
@@ -89,14 +89,6 @@ def _inner_edge_mask(
     return cut
 
 
-def _as_detection(prediction: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    return {
-        "boxes": torch.as_tensor(prediction["boxes"]).detach().cpu().float().reshape(-1, 4),
-        "scores": torch.as_tensor(prediction["scores"]).detach().cpu().float().reshape(-1),
-        "labels": torch.as_tensor(prediction["labels"]).detach().cpu().long().reshape(-1),
-    }
-
-
 def tiled_predict(
     predict_fn: PredictFn,
     images: Sequence[Image.Image],
@@ -147,11 +139,8 @@ def tiled_predict(
     per_image: list[list[dict[str, Tensor]]] = [[] for _ in images]
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start : start + batch_size]
-        predictions = list(predict_fn([crop for _, _, crop in chunk]))
-        if len(predictions) != len(chunk):
-            raise ValueError(f"predict_fn returned {len(predictions)} results for {len(chunk)} images")
-        for (index, box, _), prediction in zip(chunk, predictions, strict=True):
-            det = _as_detection(prediction)
+        predictions = normalize_detections(predict_fn([crop for _, _, crop in chunk]), len(chunk))
+        for (index, box, _), det in zip(chunk, predictions, strict=True):
             if box is not None:
                 if drop_edge_boxes:
                     size = (images[index].height, images[index].width)
