@@ -402,3 +402,27 @@ def test_run_prediction_cut_video_keeps_its_first_frames_and_warns(tmp_path, cap
     assert "may be truncated" in caplog.text
     frames = {r["frame"] for r in _read_json(report)}
     assert frames == set(range(report.frames))
+
+
+def test_resume_redoes_a_cut_video_and_checks_the_record_before_it(tmp_path):
+    av = pytest.importorskip("av")
+    first = _image(tmp_path / "first.png")
+    video = tmp_path / "clip.avi"
+    _write_video(av, video, frames=4)
+    last = _image(tmp_path / "last.png")
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    run_prediction(FakeDetector(), [first, video, last], whole, batch_size=2, progress=False)
+    run_prediction(FakeDetector(), [first, video, last], cut, batch_size=2, progress=False)
+    lines = (cut / RECORDS_FILE).read_text().splitlines(keepends=True)
+    (cut / RECORDS_FILE).write_text("".join(lines[:3]))  # the picture and 2 of the 4 frames
+
+    renamed = _image(tmp_path / "renamed.png")
+    with pytest.raises(ValueError, match="input 0 was .*first.png in the first run"):
+        run_prediction(FakeDetector(), [renamed, video, last], cut, batch_size=2,
+                       progress=False, resume=True)
+    detector = FakeDetector()
+    report = run_prediction(detector, [first, video, last], cut, batch_size=2, progress=False,
+                            resume=True)
+    assert report.resumed == 1 and (report.frames, report.images) == (4, 1)
+    assert [len(b) for b in detector.batches] == [2, 2, 1]  # the whole video again, then last
+    assert (cut / RECORDS_FILE).read_text() == (whole / RECORDS_FILE).read_text()

@@ -412,7 +412,8 @@ def run_prediction(
         pictures: write the annotated pictures and videos; without them only the records
             (``output`` is None in each).
         workers: reader threads decoding ahead of the network (default: the CPUs, at most
-            4); at most ``2 * batch_size`` images are decoded and not yet predicted.
+            4); besides the batch being gathered, at most ``2 * batch_size`` images are
+            decoded (or being decoded) and not yet taken.
 
     Returns:
         A :class:`PredictionReport`. ``predictions.json`` records are
