@@ -163,12 +163,32 @@ def check_dataset(
         issues=issues,
     )
     report.bad_image_ids = _check_images(data, issues, decode_images)
+    scan = _scan_boxes(data, report, min_level=min_level, max_level=max_level, anchor_scale=anchor_scale)
+    _summarise_boxes(report, scan, min_level=min_level, max_level=max_level, anchor_scale=anchor_scale)
+    _add_dataset_issues(report, data)
+    return report
 
+
+@dataclass
+class _BoxScan:
+    """What :func:`_scan_boxes` gathers over the samples with boxes."""
+
+    class_counts: list[int]
+    sides: list[Tensor] = field(default_factory=list)  # per sample: sqrt(w h) per box
+    levels: list[Tensor] = field(default_factory=list)  # per sample: pyramid level per box
+    known_boxes: list[Tensor] = field(default_factory=list)  # per sample: boxes of known labels
+
+
+def _scan_boxes(
+    data: DetectionData, report: DataReport, *, min_level: int, max_level: int, anchor_scale: float
+) -> _BoxScan:
+    """Count the images without boxes, the boxes per class, and each box's side and level
+    (after the resize to ``report.input_size``); record duplicate image ids and labels
+    outside the class table."""
+    issues = report.issues
+    size = report.input_size
     seen: dict[int, Path] = {}
-    class_counts = [0] * data.num_classes
-    sides: list[Tensor] = []
-    levels: list[Tensor] = []
-    known_boxes: list[Tensor] = []
+    scan = _BoxScan(class_counts=[0] * data.num_classes)
     for sample in data.samples:
         if sample.image_id in seen and seen[sample.image_id] != sample.image_path:
             issues.add(
@@ -189,29 +209,36 @@ def check_dataset(
                 int(unknown.sum()),
             )
         for label in labels[~unknown].tolist():
-            class_counts[label] += 1
+            scan.class_counts[label] += 1
         boxes = sample.boxes
         if size is not None:
             boxes = boxes * min(size[0] / sample.height, size[1] / sample.width)
-        known_boxes.append(boxes[~unknown].float())
+        scan.known_boxes.append(boxes[~unknown].float())
         wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0)
-        sides.append((wh[:, 0] * wh[:, 1]).sqrt())
-        levels.append(
+        scan.sides.append((wh[:, 0] * wh[:, 1]).sqrt())
+        scan.levels.append(
             assign_levels(
                 boxes, min_level=min_level, max_level=max_level, anchor_scale=anchor_scale
             )
         )
+    return scan
 
-    report.class_counts = class_counts
-    if known_boxes:
-        report.boxes = torch.cat(known_boxes)
-    report.num_boxes = sum(class_counts)
-    all_levels = torch.cat(levels) if levels else torch.zeros(0, dtype=torch.int64)
+
+def _summarise_boxes(
+    report: DataReport, scan: _BoxScan, *, min_level: int, max_level: int, anchor_scale: float
+) -> None:
+    """Fill the report's class and level histograms, boxes and side quantiles, and record
+    the boxes too small for any anchor (``tiny_box``)."""
+    report.class_counts = scan.class_counts
+    if scan.known_boxes:
+        report.boxes = torch.cat(scan.known_boxes)
+    report.num_boxes = sum(scan.class_counts)
+    all_levels = torch.cat(scan.levels) if scan.levels else torch.zeros(0, dtype=torch.int64)
     report.level_counts = {
         lvl: int((all_levels == lvl).sum()) for lvl in range(min_level, max_level + 1)
     }
-    if sides:
-        all_sides = torch.cat(sides)
+    if scan.sides:
+        all_sides = torch.cat(scan.sides)
         report.box_side_quantiles = (
             float(all_sides.min()),
             float(all_sides.median()),
@@ -219,13 +246,18 @@ def check_dataset(
         )
         smallest_ok = anchor_scale * 2**min_level / math.sqrt(2)
         n_tiny = int((all_sides < smallest_ok).sum())
-        issues.add(
+        report.issues.add(
             "tiny_box",
             f"{n_tiny} box(es) with side below {smallest_ok:.1f} px"
-            + (" at the input size" if size else ""),
+            + (" at the input size" if report.input_size else ""),
             n_tiny,
         )
-    for label, count in enumerate(class_counts):
+
+
+def _add_dataset_issues(report: DataReport, data: DetectionData) -> None:
+    """Record the classes without boxes, and a set with no usable images or no boxes."""
+    issues = report.issues
+    for label, count in enumerate(report.class_counts):
         if count == 0:
             issues.add("class_without_boxes", f"class {label} ({data.class_names[label]!r})")
     if report.num_images == 0:
@@ -234,7 +266,6 @@ def check_dataset(
         issues.add("no_images", f"{data.source}: none of the {report.num_images} image(s) can be read")
     elif report.num_boxes == 0:
         issues.add("no_boxes", f"{data.source}: no boxes in {report.num_images} image(s)")
-    return report
 
 
 def _bar(count: int, total: int, width: int = 30) -> str:

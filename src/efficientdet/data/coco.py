@@ -23,6 +23,7 @@ from .locate import all_present, find_image_dir
 from .sample import (
     DataError,
     DetectionData,
+    DetectionSample,
     IssueLog,
     is_finite_number,
     is_image_side,
@@ -138,6 +139,29 @@ def load_coco(
     """
     path = Path(annotation_file)
     root = Path(image_dir) if image_dir is not None else path.parent
+    doc, annotations = _read_document(path)
+    issues = IssueLog()
+    category_ids, class_names = _read_classes(path, doc["categories"], annotations, issues)
+    images = _read_images_section(path, doc["images"], issues)
+    per_image = _group_annotations(path, annotations, images, category_ids, issues)
+    if check_files:
+        root = _locate_images(path, root, image_dir is not None, images, issues, split)
+    samples = _make_samples(path, root, images, per_image, check_files, min_size, issues)
+    if strict:
+        issues.raise_if_fatal(path)
+    return DetectionData(
+        samples=samples,
+        class_names=class_names,
+        label_to_category_id=category_ids,
+        format="coco",
+        source=path,
+        issues=issues,
+    )
+
+
+def _read_document(path: Path) -> tuple[dict[str, Any], list[Any]]:
+    """The parsed file and its ``annotations`` list (empty when absent), after checking that
+    it is an object with ``images`` and ``categories`` lists."""
     doc = _read_json(path)
     if not isinstance(doc, dict):
         raise DataError(f"{path}: expected a JSON object with 'images' and 'categories'")
@@ -147,9 +171,15 @@ def load_coco(
     annotations = doc.get("annotations", [])
     if not isinstance(annotations, list):
         raise DataError(f"{path}: 'annotations' must be a list")
+    return doc, annotations
 
-    issues = IssueLog()
-    category_ids, class_names, super_by_id = _read_categories(path, doc["categories"], issues)
+
+def _read_classes(
+    path: Path, categories: list[Any], annotations: list[Any], issues: IssueLog
+) -> tuple[list[int], list[str]]:
+    """The category ids in sorted order and their names (the labels ``0..K-1``), without
+    an umbrella category that has no annotations (recorded as ``supercategory_dropped``)."""
+    category_ids, class_names, super_by_id = _read_categories(path, categories, issues)
     used: set[int] = {
         a["category_id"]
         for a in annotations
@@ -166,11 +196,16 @@ def load_coco(
             f"supercategory of all {len(category_ids)} others (as Roboflow exports write it); "
             f"dropped, the classes are {class_names[:20]} with ids {category_ids[:20]}",
         )
-    label_of = {cid: label for label, cid in enumerate(category_ids)}
+    return category_ids, class_names
 
-    # Images: id -> (file_name, size or None), in file order.
+
+def _read_images_section(
+    path: Path, entries: list[Any], issues: IssueLog
+) -> dict[int, tuple[str, tuple[int, int] | None]]:
+    """Image id -> (file_name, ``(height, width)`` or None when not given as valid sides),
+    in file order; malformed and duplicate entries are recorded and skipped."""
     images: dict[int, tuple[str, tuple[int, int] | None]] = {}
-    for i, img in enumerate(doc["images"]):
+    for i, img in enumerate(entries):
         ctx = f"{path}: images[{i}]"
         if not isinstance(img, dict) or not _is_int(img.get("id")):
             issues.add("invalid_annotation", f"{ctx}: needs an integer 'id', got {img!r:.80}")
@@ -194,8 +229,19 @@ def load_coco(
         if isinstance(width, int) and isinstance(height, int) and is_image_side(width) and is_image_side(height):
             size = (height, width)
         images[image_id] = (file_name, size)
+    return images
 
-    # Annotations grouped by image.
+
+def _group_annotations(
+    path: Path,
+    annotations: list[Any],
+    images: dict[int, tuple[str, tuple[int, int] | None]],
+    category_ids: list[int],
+    issues: IssueLog,
+) -> dict[int, dict[str, list]]:
+    """Per image id, the xyxy ``boxes`` and ``labels`` and the ``crowd`` boxes and
+    ``crowd_labels``; annotations that cannot be placed are recorded and skipped."""
+    label_of = {cid: label for label, cid in enumerate(category_ids)}
     per_image: dict[int, dict[str, list]] = {
         k: {"boxes": [], "labels": [], "crowd": [], "crowd_labels": []} for k in images
     }
@@ -234,9 +280,20 @@ def load_coco(
         else:
             bucket["boxes"].append(box)
             bucket["labels"].append(label_of[category_id])
+    return per_image
 
-    if check_files:
-        root = _locate_images(path, root, image_dir is not None, images, issues, split)
+
+def _make_samples(
+    path: Path,
+    root: Path,
+    images: dict[int, tuple[str, tuple[int, int] | None]],
+    per_image: dict[int, dict[str, list]],
+    check_files: bool,
+    min_size: float,
+    issues: IssueLog,
+) -> list[DetectionSample]:
+    """One sample per image under ``root``, in file order; missing files (when checked) and
+    images whose size can be neither read from the file nor the header are skipped."""
     samples = []
     for image_id, (file_name, size) in images.items():
         image_path = root / file_name
@@ -265,16 +322,7 @@ def load_coco(
                 min_size=min_size,
             )
         )
-    if strict:
-        issues.raise_if_fatal(path)
-    return DetectionData(
-        samples=samples,
-        class_names=class_names,
-        label_to_category_id=category_ids,
-        format="coco",
-        source=path,
-        issues=issues,
-    )
+    return samples
 
 
 def _locate_images(

@@ -194,7 +194,30 @@ def load_voc(
     issues = IssueLog()
     all_files = sorted(ann_dir.glob("*.xml"))
     stems = [p.stem for p in all_files] if split is None else _split_ids(root, split)
+    records = _read_records(ann_dir, stems, split, issues)
+    if class_names is None:
+        class_names = _found_class_names(records, all_files)
+    label_of = {name: i for i, name in enumerate(class_names)}
+    if len(label_of) != len(class_names):
+        raise DataError(f"{root}: class names are not unique: {class_names}")
+    samples = _make_samples(records, image_dir, class_names, label_of, one_based, min_size, issues)
+    if strict:
+        issues.raise_if_fatal(root)
+    return DetectionData(
+        samples=samples,
+        class_names=list(class_names),
+        label_to_category_id=list(range(len(class_names))),
+        format="voc",
+        source=root,
+        issues=issues,
+    )
 
+
+def _read_records(
+    ann_dir: Path, stems: list[str], split: str | None, issues: IssueLog
+) -> dict[str, _VocRecord | None]:
+    """The annotation file of each stem, in order (None where it is malformed); stems listed
+    twice or without a file are recorded and skipped."""
     records: dict[str, _VocRecord | None] = {}
     for stem in stems:
         xml_path = ann_dir / f"{stem}.xml"
@@ -205,19 +228,32 @@ def load_voc(
             issues.add("missing_annotation", f"{xml_path}: listed in split {split!r}, not found")
             continue
         records[stem] = _parse_xml(xml_path, issues)
+    return records
 
-    if class_names is None:
-        names = {o.name for r in records.values() if r is not None for o in r.objects}
-        for xml_path in all_files:
-            if xml_path.stem not in records:
-                other = _parse_xml(xml_path, IssueLog(0))
-                if other is not None:
-                    names.update(o.name for o in other.objects)
-        class_names = sorted(names)
-    label_of = {name: i for i, name in enumerate(class_names)}
-    if len(label_of) != len(class_names):
-        raise DataError(f"{root}: class names are not unique: {class_names}")
 
+def _found_class_names(records: dict[str, _VocRecord | None], all_files: list[Path]) -> list[str]:
+    """The sorted object names of ``records`` and of every other file of the folder (its
+    problems not recorded), so that all splits share one class table."""
+    names = {o.name for r in records.values() if r is not None for o in r.objects}
+    for xml_path in all_files:
+        if xml_path.stem not in records:
+            other = _parse_xml(xml_path, IssueLog(0))
+            if other is not None:
+                names.update(o.name for o in other.objects)
+    return sorted(names)
+
+
+def _make_samples(
+    records: dict[str, _VocRecord | None],
+    image_dir: Path,
+    class_names: list[str],
+    label_of: dict[str, int],
+    one_based: bool,
+    min_size: float,
+    issues: IssueLog,
+) -> list[DetectionSample]:
+    """One sample per readable record whose image is found (image ids ``1..n``), its objects
+    labelled by ``label_of``; objects of other names are recorded as ``unknown_category``."""
     samples: list[DetectionSample] = []
     shift = 1.0 if one_based else 0.0
     for stem, record in records.items():
@@ -259,13 +295,4 @@ def load_voc(
                 min_size=min_size,
             )
         )
-    if strict:
-        issues.raise_if_fatal(root)
-    return DetectionData(
-        samples=samples,
-        class_names=list(class_names),
-        label_to_category_id=list(range(len(class_names))),
-        format="voc",
-        source=root,
-        issues=issues,
-    )
+    return samples

@@ -32,6 +32,8 @@ from .onnx_format import DETECTIONS_TENSOR, KIND_DETECTIONS, KIND_RAW, PAD_LABEL
 if TYPE_CHECKING:  # torch is imported where it is used: `efficientdet --help` stays quick
     from torch import nn
 
+    from ..config import ModelConfig
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -219,19 +221,13 @@ def export_onnx(
     Returns:
         The :class:`OnnxMetadata` written into the file.
     """
-    import torch
-
-    from .export_graph import DetectionExport, RawExport, model_config, onnx_translations
+    from .export_graph import DetectionExport, RawExport, model_config
 
     require("onnx")
     require("onnxscript")
 
     config = model_config(model)
-    size = tuple(int(s) for s in (image_size or config.image_size))
-    if len(size) != 2:
-        raise ValueError(f"image_size must be (H, W), got {image_size!r}")
-    size_hw = (size[0], size[1])
-    check_image_size(size_hw, config.max_level)
+    size_hw = _input_size(image_size, config)
     fixed_batch = _check_batch(batch)
     if class_names is not None and len(class_names) != config.num_classes:
         raise ValueError(
@@ -270,6 +266,35 @@ def export_onnx(
         max_detections=int(max_detections) if with_nms else None,
         iou_threshold=float(iou_threshold) if with_nms else None,
     )
+    proto = _trace_to_onnx(model, wrapper, size_hw, fixed_batch, output_names, opset)
+    _set_metadata(proto, metadata)
+    _write_proto(proto, Path(path))
+    return metadata
+
+
+def _input_size(image_size: tuple[int, int] | None, config: ModelConfig) -> tuple[int, int]:
+    """The checked ``(H, W)`` of the exported input: ``image_size``, default the model's."""
+    size = tuple(int(s) for s in (image_size or config.image_size))
+    if len(size) != 2:
+        raise ValueError(f"image_size must be (H, W), got {image_size!r}")
+    size_hw = (size[0], size[1])
+    check_image_size(size_hw, config.max_level)
+    return size_hw
+
+
+def _trace_to_onnx(
+    model: nn.Module,
+    wrapper: nn.Module,
+    size_hw: tuple[int, int],
+    fixed_batch: int | None,
+    output_names: list[str],
+    opset: int,
+) -> Any:
+    """The ONNX ``ModelProto`` of ``wrapper``, traced by ``torch.onnx.export(dynamo=True)``
+    with ``model`` in evaluation mode (its mode restored afterwards)."""
+    import torch
+
+    from .export_graph import onnx_translations
 
     # A dynamic batch is traced with 2 images: torch.export specialises a size of 1.
     example_batch = fixed_batch if fixed_batch is not None else 2
@@ -301,10 +326,7 @@ def export_onnx(
         model.train(was_training)
     if program is None:
         raise RuntimeError("torch.onnx.export returned no program")
-    proto = program.model_proto
-    _set_metadata(proto, metadata)
-    _write_proto(proto, Path(path))
-    return metadata
+    return program.model_proto
 
 
 def _set_metadata(proto: Any, metadata: OnnxMetadata) -> None:

@@ -285,6 +285,31 @@ def create_app(
     """
     config = config or ServerConfig()
     state: dict[str, Any] = {"ready": False}
+    app = FastAPI(title="efficientdet", lifespan=_lifespan(predictor, config, state))
+    app.state.batcher = None
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+
+    _add_status_routes(app, predictor, config, state, model_name)
+
+    @app.post("/predict")
+    async def predict(request: Request) -> dict[str, Any]:
+        batcher: Batcher | None = app.state.batcher
+        if batcher is None or not state["ready"]:
+            raise HTTPException(503, "the model is not loaded yet; see /ready")
+        return await _predict_upload(request, batcher, predictor, config)
+
+    return app
+
+
+def _lifespan(
+    predictor: Predictor, config: ServerConfig, state: dict[str, Any]
+) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
+    """The app's start-up and shut-down: make the :class:`Batcher` (as ``app.state.batcher``),
+    run the model once when ``config.warmup``, start the worker and mark the app ready;
+    not ready and the worker stopped at the end."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -303,12 +328,17 @@ def create_app(
             state["ready"] = False
             await batcher.stop()
 
-    app = FastAPI(title="efficientdet", lifespan=lifespan)
-    app.state.batcher = None
+    return lifespan
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+
+def _add_status_routes(
+    app: FastAPI,
+    predictor: Predictor,
+    config: ServerConfig,
+    state: dict[str, Any],
+    model_name: str,
+) -> None:
+    """``GET /`` (the web UI), ``/health``, ``/ready`` and ``/stats``."""
 
     @app.get("/", response_class=HTMLResponse)
     async def web_ui() -> HTMLResponse:
@@ -331,43 +361,42 @@ def create_app(
         batcher = app.state.batcher
         return batcher.stats.as_dict() if batcher is not None else BatchStats().as_dict()
 
-    @app.post("/predict")
-    async def predict(request: Request) -> dict[str, Any]:
-        batcher: Batcher | None = app.state.batcher
-        if batcher is None or not state["ready"]:
-            raise HTTPException(503, "the model is not loaded yet; see /ready")
-        started = time.monotonic()
-        name, data = await _upload(request, config)
-        try:
-            image = await asyncio.to_thread(
-                load_image_bytes, data, name, max_pixels=config.max_pixels
-            )
-        except ImageTooLargeError as err:
-            raise HTTPException(413, str(err)) from err
-        except ImageReadError as err:
-            raise HTTPException(400, str(err)) from err
-        remaining = config.request_timeout_s - (time.monotonic() - started)
-        try:
-            answer = await asyncio.wait_for(batcher.predict(image), max(remaining, 0.001))
-        except TimeoutError:
-            raise HTTPException(
-                504, f"{name}: no result within the limit of {config.request_timeout_s:g} s "
-                "(the server is busy)",
-            ) from None
-        except QueueFull as err:
-            raise HTTPException(503, f"{name}: {err}") from err
-        except RuntimeError as err:
-            raise HTTPException(500, f"{name}: {err}") from err
-        detections = detection_records(
-            answer["prediction"], class_names=predictor.class_names,
-            label_to_category_id=predictor.label_to_category_id,
-        )
-        return {
-            "file_name": name, "width": image.width, "height": image.height,
-            "detections": detections, "batch_size": answer["batch_size"],
-        }
 
-    return app
+async def _predict_upload(
+    request: Request, batcher: Batcher, predictor: Predictor, config: ServerConfig
+) -> dict[str, Any]:
+    """``POST /predict``'s answer: read and decode the upload within the limits, wait for
+    its batch, and label the detections; limits and failures become HTTP errors."""
+    started = time.monotonic()
+    name, data = await _upload(request, config)
+    try:
+        image = await asyncio.to_thread(
+            load_image_bytes, data, name, max_pixels=config.max_pixels
+        )
+    except ImageTooLargeError as err:
+        raise HTTPException(413, str(err)) from err
+    except ImageReadError as err:
+        raise HTTPException(400, str(err)) from err
+    remaining = config.request_timeout_s - (time.monotonic() - started)
+    try:
+        answer = await asyncio.wait_for(batcher.predict(image), max(remaining, 0.001))
+    except TimeoutError:
+        raise HTTPException(
+            504, f"{name}: no result within the limit of {config.request_timeout_s:g} s "
+            "(the server is busy)",
+        ) from None
+    except QueueFull as err:
+        raise HTTPException(503, f"{name}: {err}") from err
+    except RuntimeError as err:
+        raise HTTPException(500, f"{name}: {err}") from err
+    detections = detection_records(
+        answer["prediction"], class_names=predictor.class_names,
+        label_to_category_id=predictor.label_to_category_id,
+    )
+    return {
+        "file_name": name, "width": image.width, "height": image.height,
+        "detections": detections, "batch_size": answer["batch_size"],
+    }
 
 
 def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:

@@ -74,57 +74,20 @@ def weighted_boxes_fusion(
         raise ValueError(f"iou_threshold must be in [0, 1], got {iou_threshold}")
     if score_average not in ("runs", "members"):
         raise ValueError(f"score_average must be 'runs' or 'members', got {score_average!r}")
-    weights = [1.0] * len(detections) if weights is None else [float(w) for w in weights]
-    if len(weights) != len(detections):
-        raise ValueError(f"{len(weights)} weights for {len(detections)} sets of detections")
-    if any(w <= 0 for w in weights):
-        raise ValueError(f"weights must be positive, got {weights}")
+    weights = _run_weights(weights, len(detections))
     total_weight = sum(weights)
-    pooled_boxes, pooled_scores, pooled_labels, pooled_weights = [], [], [], []
-    for i, (det, weight) in enumerate(zip(detections, weights, strict=True)):
-        boxes, scores, labels = _check_detection(det, i)
-        keep = scores >= skip_score
-        pooled_boxes.append(boxes[keep].cpu())
-        pooled_scores.append(scores[keep].cpu() * weight)
-        pooled_labels.append(labels[keep].cpu())
-        pooled_weights.append(torch.full((int(keep.sum()),), weight, dtype=torch.float64))
-    if not pooled_boxes:
+    pooled = _pool_runs(detections, weights, skip_score)
+    if pooled is None:
         return _empty()
-    boxes = torch.cat(pooled_boxes).double()
-    scores = torch.cat(pooled_scores).double()
-    labels = torch.cat(pooled_labels)
-    run_weights = torch.cat(pooled_weights)
+    boxes, scores, labels, run_weights = pooled
 
     out_boxes, out_scores, out_labels = [], [], []
     for label in labels.unique().tolist():
         mask = labels == label
         order = scores[mask].argsort(descending=True, stable=True)
-        cls_boxes, cls_scores = boxes[mask][order], scores[mask][order]
-        cls_weights = run_weights[mask][order]
-        fused: list[Tensor] = []  # current fused box per cluster
-        box_sums: list[Tensor] = []  # score-weighted coordinate sums
-        score_sums: list[float] = []
-        weight_sums: list[float] = []  # run weight of the members
-        for box, score, weight in zip(
-            cls_boxes, cls_scores.tolist(), cls_weights.tolist(), strict=True
-        ):
-            cluster = -1
-            if fused:
-                iou = box_iou(box.unsqueeze(0), torch.stack(fused))[0]
-                best = int(iou.argmax())
-                if float(iou[best]) > iou_threshold:
-                    cluster = best
-            if cluster < 0:
-                fused.append(box.clone())
-                box_sums.append(box * score)
-                score_sums.append(score)
-                weight_sums.append(weight)
-                continue
-            box_sums[cluster] = box_sums[cluster] + box * score
-            score_sums[cluster] += score
-            weight_sums[cluster] += weight
-            if score_sums[cluster] > 0:
-                fused[cluster] = box_sums[cluster] / score_sums[cluster]
+        fused, score_sums, weight_sums = _cluster_boxes(
+            boxes[mask][order], scores[mask][order], run_weights[mask][order], iou_threshold
+        )
         if not fused:
             continue
         out_boxes.append(torch.stack(fused))
@@ -144,6 +107,72 @@ def weighted_boxes_fusion(
     if max_detections is not None:
         order = order[:max_detections]
     return {"boxes": result_boxes[order], "scores": result_scores[order], "labels": result_labels[order]}
+
+
+def _run_weights(weights: Sequence[float] | None, runs: int) -> list[float]:
+    """The checked weight of each of ``runs`` runs (default 1 each)."""
+    checked = [1.0] * runs if weights is None else [float(w) for w in weights]
+    if len(checked) != runs:
+        raise ValueError(f"{len(checked)} weights for {runs} sets of detections")
+    if any(w <= 0 for w in checked):
+        raise ValueError(f"weights must be positive, got {checked}")
+    return checked
+
+
+def _pool_runs(
+    detections: Sequence[Detection], weights: Sequence[float], skip_score: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+    """Every run's boxes scoring ``skip_score`` or more, on the CPU in float64: boxes
+    ``[N, 4]``, run-weighted scores ``[N]``, labels ``[N]`` and run weights ``[N]``; None
+    when there are no runs."""
+    pooled_boxes, pooled_scores, pooled_labels, pooled_weights = [], [], [], []
+    for i, (det, weight) in enumerate(zip(detections, weights, strict=True)):
+        boxes, scores, labels = _check_detection(det, i)
+        keep = scores >= skip_score
+        pooled_boxes.append(boxes[keep].cpu())
+        pooled_scores.append(scores[keep].cpu() * weight)
+        pooled_labels.append(labels[keep].cpu())
+        pooled_weights.append(torch.full((int(keep.sum()),), weight, dtype=torch.float64))
+    if not pooled_boxes:
+        return None
+    return (
+        torch.cat(pooled_boxes).double(),
+        torch.cat(pooled_scores).double(),
+        torch.cat(pooled_labels),
+        torch.cat(pooled_weights),
+    )
+
+
+def _cluster_boxes(
+    boxes: Tensor, scores: Tensor, run_weights: Tensor, iou_threshold: float
+) -> tuple[list[Tensor], list[float], list[float]]:
+    """Cluster one class's boxes, given best score first: each joins the first cluster whose
+    fused box it overlaps with IoU above ``iou_threshold``, or starts one. Returns per
+    cluster the fused box (the score-weighted mean), the sum of the scores and the run
+    weight of the members."""
+    fused: list[Tensor] = []  # current fused box per cluster
+    box_sums: list[Tensor] = []  # score-weighted coordinate sums
+    score_sums: list[float] = []
+    weight_sums: list[float] = []  # run weight of the members
+    for box, score, weight in zip(boxes, scores.tolist(), run_weights.tolist(), strict=True):
+        cluster = -1
+        if fused:
+            iou = box_iou(box.unsqueeze(0), torch.stack(fused))[0]
+            best = int(iou.argmax())
+            if float(iou[best]) > iou_threshold:
+                cluster = best
+        if cluster < 0:
+            fused.append(box.clone())
+            box_sums.append(box * score)
+            score_sums.append(score)
+            weight_sums.append(weight)
+            continue
+        box_sums[cluster] = box_sums[cluster] + box * score
+        score_sums[cluster] += score
+        weight_sums[cluster] += weight
+        if score_sums[cluster] > 0:
+            fused[cluster] = box_sums[cluster] / score_sums[cluster]
+    return fused, score_sums, weight_sums
 
 
 def _empty() -> Detection:

@@ -334,9 +334,31 @@ def write_report(
     """``report.md`` in ``out_dir``: headline metrics, per-class table, what went wrong, the
     confusion matrix, the PR curves and the galleries (linked relative to ``out_dir``)."""
     out = Path(out_dir)
+    lines = [
+        *_headline_lines(result, analysis),
+        *_per_class_lines(result, analysis),
+        "",
+        "## What went wrong",
+        "",
+        *_what_went_wrong(analysis),
+        "",
+        *_figure_lines(analysis),
+        *_gallery_lines(galleries, out),
+        "## Files",
+        "",
+        "`metrics.json` (COCO metrics, per-class AP and AP50, thresholds, error counts), "
+        "`thresholds.json`, `confusion_matrix.csv`, `pr_curves.csv`, `detections.json` (COCO "
+        "results), `per_class_ap.png`, `confusion_matrix.png`, `pr_curves.png`, `errors/`.",
+    ]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _headline_lines(result: EvalResult, analysis: ErrorAnalysis) -> list[str]:
+    """The report's title, the counts, the COCO metrics and the overall F1-best threshold."""
     m = result.metrics
     o = analysis.overall
-    tp, fp, fn = class_counts(analysis.confusion)
     lines = [
         "# Evaluation report",
         "",
@@ -367,7 +389,14 @@ def write_report(
             f"No score threshold gives a true positive at IoU {analysis.iou_threshold:g}; the "
             f"confusion matrix and galleries use score >= {analysis.score_threshold:.3f}."
         )
-    lines += [
+    return lines
+
+
+def _per_class_lines(result: EvalResult, analysis: ErrorAnalysis) -> list[str]:
+    """The per-class table: AP, AP50, the class's own F1-best threshold and its counts, and
+    the errors at the overall threshold."""
+    _, fp, fn = class_counts(analysis.confusion)
+    lines = [
         "",
         "## Per class",
         "",
@@ -386,12 +415,12 @@ def write_report(
             f"{choice.precision:.3f} | {choice.recall:.3f} | {choice.f1:.3f} | {choice.tp} | "
             f"{choice.fp} | {choice.fn} | {int(fp[k])} | {int(fn[k])} |"
         )
-    lines += [
-        "",
-        "## What went wrong",
-        "",
-        *_what_went_wrong(analysis),
-        "",
+    return lines
+
+
+def _figure_lines(analysis: ErrorAnalysis) -> list[str]:
+    """The sections around the confusion matrix, the PR curves and the galleries' legend."""
+    return [
         "## Confusion matrix",
         "",
         f"Rows: predicted class, columns: true class, at IoU {analysis.iou_threshold:g} and score "
@@ -415,10 +444,15 @@ def write_report(
         "positive.",
         "",
     ]
+
+
+def _gallery_lines(galleries: dict[str, tuple[Path, list[int]]], out: Path) -> list[str]:
+    """One subsection per gallery: the picture (relative to ``out``) and its image ids."""
     titles = {
         "false_positives": "Images with the highest-scoring false positives",
         "missed": "Images with the most missed boxes",
     }
+    lines: list[str] = []
     for name, title in titles.items():
         lines += [f"### {title}", ""]
         if name in galleries:
@@ -432,16 +466,7 @@ def write_report(
             ]
         else:
             lines += ["None at this threshold.", ""]
-    lines += [
-        "## Files",
-        "",
-        "`metrics.json` (COCO metrics, per-class AP and AP50, thresholds, error counts), "
-        "`thresholds.json`, `confusion_matrix.csv`, `pr_curves.csv`, `detections.json` (COCO "
-        "results), `per_class_ap.png`, `confusion_matrix.png`, `pr_curves.png`, `errors/`.",
-    ]
-    path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return lines
 
 
 def write_error_outputs(

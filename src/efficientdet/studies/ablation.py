@@ -340,6 +340,25 @@ def run_ablation(
     Returns one :class:`AblationRow` per neck and, for BiFPN, per fusion method.
     """
     say = echo or (lambda _: None)
+    _check_request(necks, train_steps, train_fn)
+    rows = _ablation_rows(necks, fusions)
+    _count_costs(rows, cost_settings, say)
+    if latency_setting is not None:
+        _time_rows(rows, latency_setting, latency_runs, say)
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    if train_steps > 0:
+        assert train_fn is not None
+        _train_rows(rows, train_fn, train_steps, train_setting, seeds, out_dir, training, say)
+    _write_outputs(
+        rows, out_dir, cost_settings, latency_setting, latency_runs, command=command,
+        train_steps=train_steps, train_setting=train_setting, say=say,
+    )
+    return rows
+
+
+def _check_request(necks: Sequence[str], train_steps: int, train_fn: TrainFn | None) -> None:
+    """Raise on unknown or no necks, negative steps, or steps without a training function."""
     unknown = [n for n in necks if n not in NECKS]
     if unknown:
         raise ValueError(f"unknown neck(s) {unknown}; choose from {sorted(NECKS)}")
@@ -352,12 +371,22 @@ def run_ablation(
             "training-based ablation needs efficientdet.train: give run_ablation a train_fn "
             "(config, steps, run_dir) -> AP, or run without --train-steps"
         )
+
+
+def _ablation_rows(necks: Sequence[str], fusions: Sequence[str]) -> list[AblationRow]:
+    """One row per neck (duplicates dropped), with BiFPN's other fusion methods after it."""
     rows = [AblationRow(neck, DEFAULT_FUSION) for neck in dict.fromkeys(necks)]
     if "bifpn" in necks:
         at = next(i for i, r in enumerate(rows) if r.neck == "bifpn")
         extra = [AblationRow("bifpn", f) for f in dict.fromkeys(fusions) if f != DEFAULT_FUSION]
         rows[at + 1 : at + 1] = extra
+    return rows
 
+
+def _count_costs(
+    rows: Sequence[AblationRow], cost_settings: Sequence[AblationSetting], say: Callable[[str], None]
+) -> None:
+    """Fill each row's params and FLOPs per setting, with ratios to :data:`REFERENCE_NECK`."""
     for setting in cost_settings:
         say(f"counting params and FLOPs at {setting.describe()}")
         reference = measure_cost(ablation_config(setting, REFERENCE_NECK))
@@ -367,33 +396,64 @@ def run_ablation(
                 ablation_config(setting, row.neck, row.fusion)
             )
             row.costs[setting.name] = _with_ratios(cost, reference)
-    if latency_setting is not None:
-        say(f"timing on the CPU ({torch.get_num_threads()} threads) at {latency_setting.describe()}")
-        configs = [ablation_config(latency_setting, r.neck, r.fusion) for r in rows]
-        for row, latency in zip(rows, measure_latencies(configs, latency_runs), strict=True):
-            row.latency = latency
-            say(
-                f"  {row.label:14s} neck {latency.neck_ms:7.1f} ms (best {latency.neck_best_ms:.1f}, "
-                f"1-thread CPU {latency.neck_cpu_ms:.1f})   network {latency.model_ms:7.1f} ms "
-                f"(best {latency.model_best_ms:.1f}, 1-thread CPU {latency.model_cpu_ms:.1f})"
-            )
-    if seeds < 1:
-        raise ValueError(f"seeds must be >= 1, got {seeds}")
-    if train_steps > 0:
-        assert train_fn is not None
-        say(f"training each {seeds} time(s) for {train_steps} steps at {train_setting.describe()}")
-        for row in rows:
-            config = ablation_config(train_setting, row.neck, row.fusion)
-            say(f"  {row.label}")
-            row.accuracy = train_repeats(
-                train_fn, config, train_steps, out_dir / "train" / row.label.replace("/", "-"),
-                range(seeds), training=training, say=say,
-            )
-            row.ap, row.pretrained_backbone = row.accuracy.mean("AP"), row.accuracy.pretrained_backbone
-            row.train_cost = measure_cost(config)
-            origin = "ImageNet backbone" if row.pretrained_backbone else "backbone from scratch"
-            say(f"  {row.label:14s} AP {row.accuracy.text('AP')} ({origin})")
 
+
+def _time_rows(
+    rows: Sequence[AblationRow],
+    latency_setting: AblationSetting,
+    latency_runs: int,
+    say: Callable[[str], None],
+) -> None:
+    """Fill each row's CPU latency at ``latency_setting`` (:func:`measure_latencies`)."""
+    say(f"timing on the CPU ({torch.get_num_threads()} threads) at {latency_setting.describe()}")
+    configs = [ablation_config(latency_setting, r.neck, r.fusion) for r in rows]
+    for row, latency in zip(rows, measure_latencies(configs, latency_runs), strict=True):
+        row.latency = latency
+        say(
+            f"  {row.label:14s} neck {latency.neck_ms:7.1f} ms (best {latency.neck_best_ms:.1f}, "
+            f"1-thread CPU {latency.neck_cpu_ms:.1f})   network {latency.model_ms:7.1f} ms "
+            f"(best {latency.model_best_ms:.1f}, 1-thread CPU {latency.model_cpu_ms:.1f})"
+        )
+
+
+def _train_rows(
+    rows: Sequence[AblationRow],
+    train_fn: TrainFn,
+    train_steps: int,
+    train_setting: AblationSetting,
+    seeds: int,
+    out_dir: Path,
+    training: Mapping[str, Any] | None,
+    say: Callable[[str], None],
+) -> None:
+    """Train each row's detector ``seeds`` times (recorded runs reused) and fill its AP."""
+    say(f"training each {seeds} time(s) for {train_steps} steps at {train_setting.describe()}")
+    for row in rows:
+        config = ablation_config(train_setting, row.neck, row.fusion)
+        say(f"  {row.label}")
+        row.accuracy = train_repeats(
+            train_fn, config, train_steps, out_dir / "train" / row.label.replace("/", "-"),
+            range(seeds), training=training, say=say,
+        )
+        row.ap, row.pretrained_backbone = row.accuracy.mean("AP"), row.accuracy.pretrained_backbone
+        row.train_cost = measure_cost(config)
+        origin = "ImageNet backbone" if row.pretrained_backbone else "backbone from scratch"
+        say(f"  {row.label:14s} AP {row.accuracy.text('AP')} ({origin})")
+
+
+def _write_outputs(
+    rows: Sequence[AblationRow],
+    out_dir: Path,
+    cost_settings: Sequence[AblationSetting],
+    latency_setting: AblationSetting | None,
+    latency_runs: int,
+    *,
+    command: str | None,
+    train_steps: int,
+    train_setting: AblationSetting,
+    say: Callable[[str], None],
+) -> None:
+    """Write ``ablation.md``, ``.csv``, ``.png`` (and ``ablation_ap.png`` when trained)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown = format_markdown(
         rows, cost_settings, latency_setting, latency_runs, command=command,
@@ -406,7 +466,6 @@ def run_ablation(
         plot_accuracy(rows, out_dir / "ablation_ap.png", train_setting)
     say(markdown)
     say(f"wrote {out_dir / 'ablation.md'}, {out_dir / 'ablation.csv'}, {out_dir / 'ablation.png'}")
-    return rows
 
 
 def write_csv(rows: Sequence[AblationRow], path: Path) -> None:
@@ -434,6 +493,23 @@ def format_markdown(
 ) -> str:
     """The results as Markdown: Table 5 columns per setting next to the paper's, then latency,
     then the AP after the short training of ``train_steps`` at ``train_setting`` (when run)."""
+    timed = latency_setting is not None and all(row.latency is not None for row in rows)
+    lines = _intro_lines(cost_settings, command)
+    lines += _neck_cost_table(rows, cost_settings)
+    lines += _network_section(rows, cost_settings, latency_setting if timed else None, latency_runs)
+    lines += _fusion_speed_lines(rows) if timed else []
+    lines += _accuracy_section(rows, train_steps, train_setting)
+    return "\n".join(lines)
+
+
+def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
+    """A Markdown table's lines: the header, its rule, one line per row of cells."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(cells) + " |" for cells in body]
+
+
+def _intro_lines(cost_settings: Sequence[AblationSetting], command: str | None) -> list[str]:
+    """The title, the command, what was compared and the settings, one line each."""
     lines = ["# Feature-network ablation", ""]
     if command:
         lines += [f"Command: `{command}`", ""]
@@ -447,6 +523,13 @@ def format_markdown(
     ]
     lines += [f"- {s.describe()}" for s in cost_settings]
     lines.append("")
+    return lines
+
+
+def _neck_cost_table(
+    rows: Sequence[AblationRow], cost_settings: Sequence[AblationSetting]
+) -> list[str]:
+    """Table 5: the neck's repeats, params and FLOPs per setting beside the paper's ratios."""
     header = ["neck"]
     for s in cost_settings:
         header += [
@@ -454,7 +537,7 @@ def format_markdown(
             f"{s.name} params rel.", f"{s.name} FLOPs rel.",
         ]
     header += ["paper params rel.", "paper FLOPs rel.", "paper AP"]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    body = []
     for row in rows:
         cells = [row.label]
         for s in cost_settings:
@@ -469,12 +552,21 @@ def format_markdown(
             if paper
             else ["", "", ""]
         )
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    timed = latency_setting is not None and all(row.latency is not None for row in rows)
-    lines += ["## Whole detector" + (" and CPU latency" if timed else ""), ""]
-    if timed:
-        assert latency_setting is not None
+        body.append(cells)
+    return [*_table(header, body), ""]
+
+
+def _network_section(
+    rows: Sequence[AblationRow],
+    cost_settings: Sequence[AblationSetting],
+    latency_setting: AblationSetting | None,
+    latency_runs: int,
+) -> list[str]:
+    """The whole detector's params and GMACs per setting, and the latencies when every row
+    was timed at ``latency_setting`` (``None``: not timed)."""
+    timed = latency_setting is not None
+    lines = ["## Whole detector" + (" and CPU latency" if timed else ""), ""]
+    if latency_setting is not None:
         lines += [
             f"Latency at {latency_setting.describe()}; batch 1, eval mode, "
             f"`torch.inference_mode()`: wall-clock median and fastest of {latency_runs} runs "
@@ -492,7 +584,7 @@ def format_markdown(
             "neck ms", "neck best ms", "neck 1-thread CPU ms",
             "network ms", "network best ms", "network 1-thread CPU ms",
         ]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    body = []
     for row in rows:
         cells = [row.label]
         for s in cost_settings:
@@ -504,47 +596,60 @@ def format_markdown(
                 f"{lat.neck_ms:.1f}", f"{lat.neck_best_ms:.1f}", f"{lat.neck_cpu_ms:.1f}",
                 f"{lat.model_ms:.1f}", f"{lat.model_best_ms:.1f}", f"{lat.model_cpu_ms:.1f}",
             ]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
+        body.append(cells)
+    return [*lines, *_table(header, body), ""]
+
+
+def _fusion_speed_lines(rows: Sequence[AblationRow]) -> list[str]:
+    """BiFPN's fusion methods timed against fast fusion (Table 6's speed column), when
+    more than one was timed."""
     bifpn = {r.fusion: r.latency for r in rows if r.neck == "bifpn" and r.latency is not None}
     fast = bifpn.get(DEFAULT_FUSION)
-    if timed and len(bifpn) > 1 and fast is not None:
-        lines += [
-            "BiFPN fusion, neck alone (the paper's Table 6 speed column: fast fusion 1.26x-1.31x "
-            "faster than softmax on GPU): "
-            + "; ".join(
-                f"{f}: median {lat.neck_ms:.1f} ms ({lat.neck_ms / fast.neck_ms:.2f}x fast), "
-                f"best {lat.neck_best_ms:.1f} ms ({lat.neck_best_ms / fast.neck_best_ms:.2f}x), "
-                f"1-thread CPU {lat.neck_cpu_ms:.1f} ms ({lat.neck_cpu_ms / fast.neck_cpu_ms:.2f}x)"
-                for f, lat in bifpn.items()
-            ),
-            "",
-        ]
+    if len(bifpn) <= 1 or fast is None:
+        return []
+    return [
+        "BiFPN fusion, neck alone (the paper's Table 6 speed column: fast fusion 1.26x-1.31x "
+        "faster than softmax on GPU): "
+        + "; ".join(
+            f"{f}: median {lat.neck_ms:.1f} ms ({lat.neck_ms / fast.neck_ms:.2f}x fast), "
+            f"best {lat.neck_best_ms:.1f} ms ({lat.neck_best_ms / fast.neck_best_ms:.2f}x), "
+            f"1-thread CPU {lat.neck_cpu_ms:.1f} ms ({lat.neck_cpu_ms / fast.neck_cpu_ms:.2f}x)"
+            for f, lat in bifpn.items()
+        ),
+        "",
+    ]
+
+
+def _accuracy_section(
+    rows: Sequence[AblationRow], train_steps: int, train_setting: AblationSetting | None
+) -> list[str]:
+    """The validation AP of each trained row over its seeds (nothing when none was trained)."""
     trained = [row for row in rows if row.accuracy is not None]
-    if trained:
-        runs = max(len(row.accuracy.runs) for row in trained if row.accuracy is not None)
-        lines += ["## Validation AP after the same short training", ""]
-        where = f" at {train_setting.describe()}" if train_setting is not None else ""
-        steps = f"{train_steps} steps" if train_steps else "the same steps"
-        lines += [
-            f"{steps}{where}, with the demo's recipe (`efficientdet.train.recipes.DEMO_RECIPE`), "
-            f"{runs} seed(s) each: mean ± sample standard deviation over the seeds of COCO "
-            "AP[.5:.95], AP50 and AP by object size on the validation split (chart: "
-            "`ablation_ap.png`, AP against the neck's multiply-adds). The paper's AP is COCO val "
-            "after full training, for the ordering only.",
-            "",
-            "| neck | AP | AP50 | AP small | AP medium | AP large | neck GMACs | ImageNet backbone | paper AP |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for row in trained:
-            assert row.accuracy is not None
-            pretrained = {True: "yes", False: "no (from scratch)", None: ""}[row.pretrained_backbone]
-            paper_ap = f"{row.paper.ap:.2f}" if row.paper else ""
-            macs = f"{row.train_cost.macs / 1e9:.3f}" if row.train_cost else ""
-            cells = [row.accuracy.text(key) for key in ACCURACY_KEYS]
-            lines.append(f"| {row.label} | {' | '.join(cells)} | {macs} | {pretrained} | {paper_ap} |")
-        lines.append("")
-    return "\n".join(lines)
+    if not trained:
+        return []
+    runs = max(len(row.accuracy.runs) for row in trained if row.accuracy is not None)
+    lines = ["## Validation AP after the same short training", ""]
+    where = f" at {train_setting.describe()}" if train_setting is not None else ""
+    steps = f"{train_steps} steps" if train_steps else "the same steps"
+    lines += [
+        f"{steps}{where}, with the demo's recipe (`efficientdet.train.recipes.DEMO_RECIPE`), "
+        f"{runs} seed(s) each: mean ± sample standard deviation over the seeds of COCO "
+        "AP[.5:.95], AP50 and AP by object size on the validation split (chart: "
+        "`ablation_ap.png`, AP against the neck's multiply-adds). The paper's AP is COCO val "
+        "after full training, for the ordering only.",
+        "",
+        "| neck | AP | AP50 | AP small | AP medium | AP large | neck GMACs | ImageNet backbone | paper AP |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in trained:
+        assert row.accuracy is not None
+        pretrained = {True: "yes", False: "no (from scratch)", None: ""}[row.pretrained_backbone]
+        paper_ap = f"{row.paper.ap:.2f}" if row.paper else ""
+        macs = f"{row.train_cost.macs / 1e9:.3f}" if row.train_cost else ""
+        cells = [row.accuracy.text(key) for key in ACCURACY_KEYS]
+        lines.append(f"| {row.label} | {' | '.join(cells)} | {macs} | {pretrained} | {paper_ap} |")
+    lines.append("")
+    return lines
 
 
 def plot_ablation(

@@ -334,6 +334,37 @@ def _coco_weights_cached(name: str) -> bool:
     return entry is not None and entry.cache_path.is_file()
 
 
+@dataclass
+class _Chooser:
+    """The plan's choices in order: ``choose(key, value, reason)`` records the user's value
+    of ``key`` where they set it (and returns it), else ``value``."""
+
+    user: Mapping[str, Any]
+    choices: list[Choice] = field(default_factory=list)
+
+    def __call__(self, key: str, value: Any, reason: str) -> Any:
+        given = _user_value(self.user, key)
+        if given is not _MISSING:
+            self.choices.append(Choice(key, given, reason="", user=True))
+            return given
+        self.choices.append(Choice(key, value, reason))
+        return value
+
+
+@dataclass(frozen=True)
+class _Costs:
+    """Seconds of the parts of a run, for the budget arithmetic."""
+
+    seconds: float  # the whole budget
+    step: float  # one training step at the chosen batch size
+    view_cost: float  # one cached view of every training image
+    final_eval: float  # the final evaluation, with the error analysis
+
+    def train_seconds(self, views: int) -> float:
+        """What is left for training steps after ``views`` cached views and the evaluation."""
+        return max(0.0, self.seconds - views * self.view_cost - 1.2 * self.final_eval)
+
+
 def plan_budget_recipe(
     data: str | Path,
     minutes: float,
@@ -367,17 +398,46 @@ def plan_budget_recipe(
         val_data = None
     summary = summarize_data(train_data, val_data)
     recipe = BudgetRecipe(minutes=minutes, data=summary, speed=speed)
-    choices: list[Choice] = []
-
-    def choose(key: str, value: Any, reason: str) -> Any:
-        given = _user_value(user, key)
-        if given is not _MISSING:
-            choices.append(Choice(key, given, reason="", user=True))
-            return given
-        choices.append(Choice(key, value, reason))
-        return value
+    choose = _Chooser(user)
 
     device = str(resolve_device(device))
+    name = _choose_weights(choose)
+    config, fit = _choose_input(choose, summary, name, minutes)
+    if speed is None:
+        speed = _measure_with_reading(config, train_data, device)
+        recipe.speed = speed
+    batch = choose("run.batch_size", min(BATCH_SIZE if speed.device == "cpu" else 32, summary.num_images),
+                   "small batches: more updates in the same time")
+    n = max(1, summary.num_images)
+    costs = _Costs(
+        seconds=minutes * 60.0,
+        step=speed.step * batch / speed.batch_size,
+        view_cost=n * speed.backbone_per_image,
+        final_eval=2 * summary.num_val * speed.full_per_image + 15.0,  # with the error analysis
+    )
+    views, steps, epochs = _choose_views(
+        choose, recipe, costs, batch, n, _views_fit_memory(config, n, user)
+    )
+    _choose_augmentation(choose, summary, int(views) > 1)
+    _choose_optimizer(choose, batch, steps, n)
+    _choose_schedule(choose, minutes, epochs)
+    planning = time.perf_counter() - began
+    choose("run.time_budget_minutes", round(max(0.1, (costs.seconds - planning - 1.2 * costs.final_eval) / 60), 2),
+           f"the budget less this plan ({planning:.0f} s) and the final evaluation (~{costs.final_eval:.0f} s)")
+    choose("run.budget_includes_setup", True, "the feature cache counts against the budget")
+    choose("run.channels_last", True, "NHWC: faster convolutions on the CPU")
+    if fit is not None and max(fit.base_share, fit.best_share) < TARGET_MATCHED:
+        recipe.notes.append(
+            f"{100 * (1 - max(fit.base_share, fit.best_share)):.0f}% of the boxes stay unmatched at "
+            f"{config.image_size[0]} px (too small for the anchors): on large images, predict --tile helps"
+        )
+    recipe.choices = choose.choices
+    return recipe
+
+
+def _choose_weights(choose: _Chooser) -> str:
+    """The model, where its weights come from and the frozen, cached backbone; returns the
+    model's name."""
     name = choose("model.name", DEFAULT_MODEL, "the smallest EfficientDet; its ImageNet backbone ships offline")
     coco = _coco_weights_cached(name)
     if coco:
@@ -386,9 +446,17 @@ def plan_budget_recipe(
         choose("model.pretrained_backbone", True, "ImageNet backbone (no COCO detector in the cache)")
     choose("model.freeze_backbone", -1, "backbone frozen: a step trains the BiFPN and heads only")
     choose("data.cache_features", True, "frozen backbone's maps computed once, not every step")
+    return name
 
+
+def _choose_input(
+    choose: _Chooser, summary: DataSummary, name: str, minutes: float
+) -> tuple[ModelConfig, Any]:
+    """The input size (see :func:`_choose_input_size`, unless the user set one) and the
+    anchors, fitted when they match :data:`ANCHOR_GAIN` more of the boxes; returns the
+    model's configuration at that size and the anchor fit."""
     base = config_for_training(name, None, max(1, summary.num_classes))
-    user_size = _user_value(user, "model.image_size")
+    user_size = _user_value(choose.user, "model.image_size")
     if user_size is _MISSING:
         size, size_reason, fit = _choose_input_size(summary, base, minutes)
         side = choose("model.image_size", size, size_reason)
@@ -401,49 +469,57 @@ def plan_budget_recipe(
                f"fitted anchors match {100 * fit.best_share:.0f}% of the boxes, the model's "
                f"{100 * fit.base_share:.0f}%")
         choose("model.aspect_ratios", tuple(fit.best.aspect_ratios), "fitted to the boxes' shapes")
-    config = replace(base, image_size=(side, side))
+    return replace(base, image_size=(side, side)), fit
 
-    if speed is None:
-        speed = measure_speed(config, device=device)
-        # A cached view also reads, decodes and augments each image in the main process.
-        speed = replace(speed, backbone_per_image=speed.backbone_per_image + _read_seconds(train_data, config))
-        recipe.speed = speed
-    batch = choose("run.batch_size", min(BATCH_SIZE if speed.device == "cpu" else 32, summary.num_images),
-                   "small batches: more updates in the same time")
-    step = speed.step * batch / speed.batch_size
-    n = max(1, summary.num_images)
-    seconds = minutes * 60.0
-    final_eval = 2 * summary.num_val * speed.full_per_image + 15.0  # with the error analysis
-    view_cost = n * speed.backbone_per_image
+
+def _measure_with_reading(config: ModelConfig, train_data: DetectionData, device: str) -> Speed:
+    """:func:`measure_speed` with the cost of reading an image added to the backbone's: a
+    cached view also reads, decodes and augments each image in the main process."""
+    speed = measure_speed(config, device=device)
+    return replace(speed, backbone_per_image=speed.backbone_per_image + _read_seconds(train_data, config))
+
+
+def _views_fit_memory(config: ModelConfig, n: int, user: Mapping[str, Any]) -> int:
+    """How many cached views of ``n`` images fit in ``data.cache_max_gb`` (at least 1)."""
     with torch.device("meta"):  # channels and strides only: nothing allocated
         _, info = create_backbone(config.backbone)
-    per_view_bytes = cache_bytes(info.channels, info.strides, (side, side), n)
+    per_view_bytes = cache_bytes(info.channels, info.strides, config.image_size, n)
     max_gb = float(_user_value(user, "data.cache_max_gb", DataSection().cache_max_gb))
-    views_fit_memory = max(1, int(max_gb * 2**30 // max(1, per_view_bytes)))
+    return max(1, int(max_gb * 2**30 // max(1, per_view_bytes)))
 
-    def train_seconds(views: int) -> float:
-        return max(0.0, seconds - views * view_cost - 1.2 * final_eval)
 
+def _choose_views(
+    choose: _Chooser, recipe: BudgetRecipe, costs: _Costs, batch: int, n: int, views_fit_memory: int
+) -> tuple[int, int, float]:
+    """The cached views of each image: as many as :data:`CACHE_SHARE` of the budget computes
+    and memory holds, but no more than the epochs the rest trains. Returns the views and
+    the steps and epochs that fit after them (a note when hardly any steps do)."""
+    step = costs.step
     views = 1
     while views < MAX_VIEWS and views < views_fit_memory:
         nxt = views + 1
-        epochs_after = train_seconds(nxt) / step * batch / n
-        if nxt * view_cost > CACHE_SHARE * seconds or epochs_after < nxt:
+        epochs_after = costs.train_seconds(nxt) / step * batch / n
+        if nxt * costs.view_cost > CACHE_SHARE * costs.seconds or epochs_after < nxt:
             break
         views = nxt
-    steps = max(1, int(train_seconds(views) / step))
+    steps = max(1, int(costs.train_seconds(views) / step))
     epochs = steps * batch / n
-    if train_seconds(views) < 10 * step:
+    if costs.train_seconds(views) < 10 * step:
         recipe.notes.append(
             f"the budget leaves time for {steps} step(s) of {step:.2f} s after the feature "
-            f"cache ({view_cost:.0f} s a view) and the final evaluation: give more minutes"
+            f"cache ({costs.view_cost:.0f} s a view) and the final evaluation: give more minutes"
         )
     views = choose(
         "data.cache_views", views,
-        f"1 plain + {views - 1} augmented version(s) of each image, {view_cost * views:.0f} s "
+        f"1 plain + {views - 1} augmented version(s) of each image, {costs.view_cost * views:.0f} s "
         f"to compute; about {epochs:.0f} epochs of {step:.2f} s steps fit",
     )
-    augment = int(views) > 1
+    return views, steps, epochs
+
+
+def _choose_augmentation(choose: _Chooser, summary: DataSummary, augment: bool) -> None:
+    """Augmentation when there is more than one view: flips unless half the classes look
+    different mirrored, and mild scale jitter."""
     choose("data.augment", augment, "augmentation lives in the cached views" if augment
            else "one view: no room for augmented copies")
     if augment:
@@ -459,6 +535,11 @@ def plan_budget_recipe(
         choose("data.hflip_prob", flip, reason)
         choose("data.scale_min", SCALE_RANGE[0], "mild scale jitter and shifts: views stay like the originals")
         choose("data.scale_max", SCALE_RANGE[1], "")
+
+
+def _choose_optimizer(choose: _Chooser, batch: int, steps: int, n: int) -> None:
+    """AdamW with the learning rate scaled to the batch, the warm-up and the EMA horizon
+    from the ``steps`` that fit."""
     choose("optim.optimizer", "adamw", "AdamW: fast progress in few steps")
     choose("optim.lr", round(LR * math.sqrt(batch / BATCH_SIZE), 5), "")
     choose("optim.weight_decay", 1e-4, "")
@@ -466,6 +547,10 @@ def plan_budget_recipe(
     choose("optim.warmup_epochs", round(warmup_steps * batch / n, 3), f"{warmup_steps} warm-up steps")
     horizon = max(20, steps // 10)
     choose("optim.ema_decay", round(1 - 1 / horizon, 5), f"EMA over the last ~{horizon} steps")
+
+
+def _choose_schedule(choose: _Chooser, minutes: float, epochs: float) -> None:
+    """How often to evaluate, and an upper bound of the epochs (the budget sets the steps)."""
     if minutes < MID_RUN_EVAL_MINUTES:
         # An evaluation costs as much as a hundred steps or more; in a short run the steps are
         # worth more than a choice of checkpoint (the schedule decays to zero, EMA on).
@@ -475,18 +560,6 @@ def plan_budget_recipe(
         choose("run.eval_every", eval_every, f"about {max(1, int(epochs // eval_every))} "
                "evaluations (the best is kept)")
     choose("run.epochs", max(1, math.ceil(epochs * 2)), "an upper bound: the budget sets the steps")
-    planning = time.perf_counter() - began
-    choose("run.time_budget_minutes", round(max(0.1, (seconds - planning - 1.2 * final_eval) / 60), 2),
-           f"the budget less this plan ({planning:.0f} s) and the final evaluation (~{final_eval:.0f} s)")
-    choose("run.budget_includes_setup", True, "the feature cache counts against the budget")
-    choose("run.channels_last", True, "NHWC: faster convolutions on the CPU")
-    if fit is not None and max(fit.base_share, fit.best_share) < TARGET_MATCHED:
-        recipe.notes.append(
-            f"{100 * (1 - max(fit.base_share, fit.best_share)):.0f}% of the boxes stay unmatched at "
-            f"{side} px (too small for the anchors): on large images, predict --tile helps"
-        )
-    recipe.choices = choices
-    return recipe
 
 
 def _choose_input_size(
