@@ -198,7 +198,7 @@ def test_outputs_that_do_not_fit_the_anchors_raise() -> None:
 
 
 def test_with_the_registered_tiny_model() -> None:
-    from efficientdet.modeling.registry import create_model
+    from efficientdet.modeling.factory import create_model
 
     torch.manual_seed(3)
     detector = Detector(create_model("efficientdet_test", num_classes=4)).train()
@@ -225,7 +225,7 @@ class LayoutProbe(nn.Module):
 
 
 def test_cpu_inference_feeds_channels_last_with_the_same_detections() -> None:
-    from efficientdet.modeling.registry import create_model
+    from efficientdet.modeling.factory import create_model
 
     torch.manual_seed(5)
     model = create_model("efficientdet_test", num_classes=4).eval()

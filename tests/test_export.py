@@ -31,8 +31,9 @@ from efficientdet.detection.detector import Detector
 from efficientdet.detection.postprocess import PostprocessConfig, postprocess
 from efficientdet.inference.predict import run_prediction
 from efficientdet.modeling.checkpoint import save_checkpoint
+from efficientdet.modeling.factory import create_model
 from efficientdet.modeling.model import EfficientDet
-from efficientdet.modeling.registry import create_model, get_config, list_models
+from efficientdet.modeling.registry import get_config, list_models
 
 ort = pytest.importorskip("onnxruntime")
 

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .registry import get_config
+
 log = logging.getLogger(__name__)
 
 #: Where the reference port publishes its converted checkpoints.
@@ -270,10 +272,9 @@ def _progress_bar(name: str, total: int | None) -> Any:
 def weights_size_bytes(name: str) -> int:
     """Bytes of the tensors in ``name``'s weights (90 classes), counted without allocating
     them: about the size of the release file, which adds a little serialisation overhead."""
-    import torch
+    import torch  # torch and timm only here: the table and downloads stay quick to import
 
     from .model import EfficientDet
-    from .registry import get_config
 
     with torch.device("meta"):
         model = EfficientDet(get_config(name, num_classes=COCO_NUM_CLASSES))
