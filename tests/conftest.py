@@ -25,3 +25,23 @@ def tiny_demo(tmp_path_factory: pytest.TempPathFactory):
     return write_demo_dataset(
         tmp_path_factory.mktemp("demo"), num_train=24, num_val=8, image_size=128
     )
+
+
+@pytest.fixture
+def unused_slot_model():
+    """The tiny network with COCO's 90-way head (random weights) forced to score the ten
+    unused COCO ids highest everywhere: logit 6 for those slots, 3 for label 0 ("person"),
+    -6 for the rest (the class layer's weights zeroed, so its bias is every logit)."""
+    from efficientdet.modeling.factory import create_model
+    from efficientdet.modeling.pretrained import COCO_CATEGORIES
+
+    model = create_model("efficientdet_test", num_classes=90).eval()
+    predict = model.class_net.predict.pointwise
+    assert predict.bias is not None
+    logits = torch.full((90,), -6.0)
+    logits[[label for label in range(90) if label + 1 not in COCO_CATEGORIES]] = 6.0
+    logits[0] = 3.0
+    with torch.no_grad():
+        predict.weight.zero_()
+        predict.bias.copy_(logits.repeat(predict.bias.numel() // 90))
+    return model

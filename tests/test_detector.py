@@ -151,6 +151,21 @@ def test_predict_maps_boxes_to_original_pixels_and_restores_mode() -> None:
     torch.testing.assert_close(single["boxes"], dets[0]["boxes"])
 
 
+def test_suppressed_labels_are_never_detected_and_must_be_labels() -> None:
+    config = fake_config((128, 256))
+    boxes = torch.tensor([[30.0, 20.0, 90.0, 100.0], [150.0, 40.0, 230.0, 120.0]])
+    model = PlantedModel(config, boxes, [1, 2])
+    for nms in ("hard", "soft"):
+        detector = Detector(model, nms=nms, suppressed_labels=[2, 2]).eval()
+        assert detector.postprocess_config.suppressed_labels == (2,)
+        with torch.no_grad():
+            (det,) = detector(torch.zeros(1, 3, 128, 256))
+        assert det["labels"].tolist() == [1]
+        torch.testing.assert_close(det["boxes"], boxes[:1], rtol=0, atol=1e-3)
+    with pytest.raises(ValueError, match=r"suppressed_labels \[3\] are not all labels of a model with 3"):
+        Detector(model, suppressed_labels=[3])
+
+
 def test_invalid_options_and_inputs_raise() -> None:
     model = FakeModel(fake_config())
     with pytest.raises(ValueError, match="'hard', 'soft'"):
@@ -198,7 +213,7 @@ def test_outputs_that_do_not_fit_the_anchors_raise() -> None:
 
 
 def test_with_the_registered_tiny_model() -> None:
-    from efficientdet.modeling.registry import create_model
+    from efficientdet.modeling.factory import create_model
 
     torch.manual_seed(3)
     detector = Detector(create_model("efficientdet_test", num_classes=4)).train()
@@ -225,7 +240,7 @@ class LayoutProbe(nn.Module):
 
 
 def test_cpu_inference_feeds_channels_last_with_the_same_detections() -> None:
-    from efficientdet.modeling.registry import create_model
+    from efficientdet.modeling.factory import create_model
 
     torch.manual_seed(5)
     model = create_model("efficientdet_test", num_classes=4).eval()

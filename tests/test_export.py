@@ -24,15 +24,23 @@ from efficientdet.deploy.export import (
     export_onnx,
     read_onnx_metadata,
 )
-from efficientdet.deploy.export_graph import PAD_LABEL, class_nms, padded_detections
+from efficientdet.deploy.export_graph import (
+    PAD_LABEL,
+    DetectionExport,
+    class_nms,
+    padded_detections,
+)
 from efficientdet.deploy.onnx_backend import OnnxDetector, onnx_providers
 from efficientdet.detection.anchors import generate_anchors
 from efficientdet.detection.detector import Detector
 from efficientdet.detection.postprocess import PostprocessConfig, postprocess
+from efficientdet.detection.transform import preprocess_batch
 from efficientdet.inference.predict import run_prediction
 from efficientdet.modeling.checkpoint import save_checkpoint
+from efficientdet.modeling.factory import create_model
 from efficientdet.modeling.model import EfficientDet
-from efficientdet.modeling.registry import create_model, get_config, list_models
+from efficientdet.modeling.pretrained import coco_label_space, unused_labels
+from efficientdet.modeling.registry import get_config, list_models
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -262,6 +270,72 @@ def test_onnx_detector_predict_matches_detector_predict(tiny) -> None:
         keep = e["scores"] > 0.5
         assert len(s["scores"]) == min(5, int(keep.sum()))
         torch.testing.assert_close(s["scores"], e["scores"][keep][:5], rtol=0, atol=1e-4)
+
+
+def test_the_export_graph_suppresses_unused_labels_as_the_detector_does(
+    unused_slot_model: EfficientDet,
+) -> None:
+    names, _ = coco_label_space()
+    unused = unused_labels(names)
+    images = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(4))
+    graph = DetectionExport(unused_slot_model, (128, 128), score_threshold=0.5, suppressed_labels=unused)
+    detector = Detector(unused_slot_model, score_threshold=0.5, suppressed_labels=unused).eval()
+    with torch.no_grad():
+        rows = graph(images)
+        expected = detector(images)
+        plain = Detector(unused_slot_model, score_threshold=0.5).eval()(images)
+    for image_rows, want, before in zip(rows, expected, plain, strict=True):
+        assert set(before["labels"].tolist()) <= set(unused)  # what the head favours
+        assert len(want["labels"]) > 0 and not set(want["labels"].tolist()) & set(unused)
+        real = image_rows[image_rows[:, 5] != PAD_LABEL]
+        # Equal scores (every anchor's logits are the bias): compare labels and scores.
+        assert real[:, 5].long().tolist() == want["labels"].tolist()
+        torch.testing.assert_close(real[:, 4], want["scores"])
+
+
+def test_onnx_detector_drops_rows_its_class_names_call_unused(
+    tiny, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, _, path = tiny  # its graph suppresses nothing: class0..class89
+    names, _ = coco_label_space()
+    unused = unused_labels(names)
+    rng = np.random.default_rng(5)
+    images = [Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)) for _ in range(3)]
+    everything = OnnxDetector(path).predict(images)
+    assert set(torch.cat([d["labels"] for d in everything]).tolist()) & set(unused)
+    from_props = OnnxMetadata.from_props
+
+    def coco_named(props: dict[str, str], source: str) -> OnnxMetadata:
+        return replace(from_props(props, source), class_names=names)
+
+    monkeypatch.setattr(OnnxMetadata, "from_props", staticmethod(coco_named))
+    detector = OnnxDetector(path)
+    assert detector.suppressed_labels == unused
+    for got, full in zip(detector.predict(images), everything, strict=True):
+        keep = ~torch.isin(full["labels"], torch.tensor(unused))
+        assert got["labels"].tolist() == full["labels"][keep].tolist()
+        torch.testing.assert_close(got["scores"], full["scores"][keep])
+
+
+@pytest.mark.slow
+def test_an_onnx_export_with_coco_names_never_gives_the_unused_ids(
+    unused_slot_model: EfficientDet, tmp_path: Path
+) -> None:
+    names, ids = coco_label_space()
+    unused = unused_labels(names)
+    rng = np.random.default_rng(4)
+    images = [Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)) for _ in range(2)]
+    path = tmp_path / "coco.onnx"
+    export_onnx(unused_slot_model, path, class_names=names, label_to_category_id=ids,
+                score_threshold=0.5)
+    detector = OnnxDetector(path)
+    expected = Detector(unused_slot_model, score_threshold=0.5, suppressed_labels=unused).eval()
+    batch, _ = preprocess_batch(images, detector.image_size, detector.metadata.mean, detector.metadata.std)
+    assert not set(detector.run(batch.numpy())[..., 5].astype(int).ravel().tolist()) & set(unused)
+    for got, want in zip(detector.predict(images), expected.predict(images), strict=True):
+        assert len(want["labels"]) > 0  # suppressed inside the graph as in the Detector:
+        assert got["labels"].tolist() == want["labels"].tolist()
+        torch.testing.assert_close(got["scores"], want["scores"], rtol=0, atol=1e-4)
 
 
 def test_predict_files_are_the_same_for_both_backends(tiny, tmp_path) -> None:

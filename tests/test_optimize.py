@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from efficientdet.detection.detector import Detector
+from efficientdet.modeling.factory import create_model
 from efficientdet.modeling.model import EfficientDet
 from efficientdet.modeling.optimize import (
     InferenceModel,
@@ -17,7 +18,6 @@ from efficientdet.modeling.optimize import (
     fold_conv_bn_,
     optimize_for_inference,
 )
-from efficientdet.modeling.registry import create_model
 
 
 def randomise_batchnorms(model: nn.Module, seed: int = 0) -> nn.Module:

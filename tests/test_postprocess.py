@@ -16,6 +16,7 @@ from efficientdet.detection.postprocess import (
     postprocess,
     select_top_k,
     soft_nms,
+    suppress_labels,
 )
 from efficientdet.detection.transform import LetterboxInfo, scale_boxes_to_original
 
@@ -167,6 +168,41 @@ def test_max_detections() -> None:
 LAYOUTS = {"nchw": torch.contiguous_format, "nhwc": torch.channels_last}
 
 
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("method", ["hard", "soft"])
+def test_suppressed_labels_take_no_top_k_place_and_never_come_out(method: str, layout: str) -> None:
+    boxes = torch.tensor(
+        [[0.0, 0.0, 40.0, 40.0], [100.0, 0.0, 140.0, 40.0], [200.0, 60.0, 240.0, 100.0]]
+    )
+    cls, box = planted_outputs(boxes, [0, 1, 2], [3.0, 2.0, 1.0])
+    cls = [c.contiguous(memory_format=LAYOUTS[layout]) for c in cls]
+    before = [c.clone() for c in cls]
+    top1 = PostprocessConfig(nms=method, pre_nms_top_k=1)
+    (det,) = postprocess(cls, box, ANCHORS, NUM_CLASSES, INPUT_SIZE, top1)
+    assert det["labels"].tolist() == [0]
+    top1 = PostprocessConfig(nms=method, pre_nms_top_k=1, suppressed_labels=(0,))
+    (det,) = postprocess(cls, box, ANCHORS, NUM_CLASSES, INPUT_SIZE, top1)
+    assert det["labels"].tolist() == [1]  # the best label left took the one place
+    assert det["scores"].tolist() == pytest.approx([torch.sigmoid(torch.tensor(2.0)).item()])
+    config = PostprocessConfig(nms=method, score_threshold=0.0, suppressed_labels=(0, 2))
+    (det,) = postprocess(cls, box, ANCHORS, NUM_CLASSES, INPUT_SIZE, config)
+    assert set(det["labels"].tolist()) == {1}  # even at threshold 0, with places to spare
+    for got, old in zip(cls, before, strict=True):
+        assert torch.equal(got, old)  # the caller's outputs are not modified
+
+
+def test_suppress_labels_sets_every_anchors_slot_to_minus_inf_in_the_same_layout() -> None:
+    levels = [torch.randn(2, 3 * 4, 5, 6).contiguous(memory_format=torch.channels_last)]
+    (out,) = suppress_labels(levels, 4, [1, 3])
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    per_class = out.view(2, 3, 4, 5, 6)
+    assert bool((per_class[:, :, [1, 3]] == -math.inf).all())
+    assert torch.equal(per_class[:, :, [0, 2]], levels[0].view(2, 3, 4, 5, 6)[:, :, [0, 2]])
+    assert suppress_labels(levels, 4, [])[0] is levels[0]
+    with pytest.raises(ValueError, match=r"\[4\] are not all in 0..3"):
+        suppress_labels(levels, 4, [4])
+
+
 @pytest.mark.parametrize("k", [1, 37, 500, 10**6])
 @pytest.mark.parametrize("traceable", [False, True])
 @pytest.mark.parametrize("layout", list(LAYOUTS))
@@ -229,6 +265,10 @@ def test_config_validation_names_the_choices() -> None:
         PostprocessConfig(nms="fast")
     with pytest.raises(ValueError, match="max_detections"):
         PostprocessConfig(max_detections=0)
+    with pytest.raises(ValueError, match="sorted without repeats"):
+        PostprocessConfig(suppressed_labels=(3, 1))
+    with pytest.raises(ValueError, match="labels >= 0"):
+        PostprocessConfig(suppressed_labels=(-1,))
     with pytest.raises(ValueError, match="anchors"):
         postprocess(
             *planted_outputs(torch.tensor([[0.0, 0.0, 9.0, 9.0]]), [0], [1.0]),

@@ -31,6 +31,7 @@ from efficientdet.modeling.pretrained import (
     WeightsDownloadError,
     coco_label_space,
     fetch_weights,
+    unused_labels,
 )
 
 # ---- a local weights server ------------------------------------------------------------------
@@ -368,6 +369,118 @@ def test_training_starts_from_the_pretrained_detector(
     both = replace(config, model=replace(config.model, init_checkpoint=str(payload_path)))
     with pytest.raises(RuntimeError, match="keep one"):
         train(both)
+
+
+# ---- COCO's unused ids never come out --------------------------------------------------------
+
+# The ten ids of the COCO paper's 91 that COCO 2017 never annotates.
+UNUSED_COCO_IDS = {12, 26, 29, 30, 45, 66, 68, 69, 71, 83}
+
+
+def test_the_unused_labels_of_the_coco_label_space_are_its_ten_unused_ids() -> None:
+    names, ids = coco_label_space()
+    labels = unused_labels(names)
+    assert {ids[label] for label in labels} == UNUSED_COCO_IDS and len(labels) == 10
+    assert {names[label] for label in labels} == {zoo.UNUSED_CATEGORY}
+    assert unused_labels(None) == () and unused_labels(["cat", "dog"]) == ()
+
+
+@pytest.fixture
+def cached_unused_slot_model(
+    unused_slot_model: torch.nn.Module, torch_home: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> torch.nn.Module:
+    """The conftest's head that scores COCO's unused slots highest, published (in the cache,
+    no network) as efficientdet_test's COCO weights."""
+    torch_home.mkdir(parents=True)
+    payload = save_checkpoint(unused_slot_model, tmp_path / "unused.safetensors").read_bytes()
+    entry = _entry("efficientdet_test", payload)
+    (torch_home / entry.file).write_bytes(payload)
+    monkeypatch.setitem(PRETRAINED, "efficientdet_test", entry)
+    return unused_slot_model
+
+
+def _photo(tmp_path: Path, name: str = "photo.jpg") -> Path:
+    path = tmp_path / name
+    Image.new("RGB", (96, 64), (90, 140, 200)).save(path)
+    return path
+
+
+def test_a_head_scoring_unused_slots_highest_gives_no_unused_label_in_predict_and_serve(
+    cached_unused_slot_model, tmp_path: Path
+) -> None:
+    from efficientdet.deploy.backends import build_predictor
+    from efficientdet.detection.detector import Detector
+    from efficientdet.inference.loading import load_pretrained
+
+    image = _photo(tmp_path)
+    loaded = load_pretrained("efficientdet_test")
+    assert loaded.suppressed_labels == unused_labels(coco_label_space()[0])
+    # Without suppression the head's best slots are the unused ones: all that comes out.
+    (plain,) = Detector(loaded.model, score_threshold=0.5).predict(image)
+    assert plain["labels"].numel() > 0
+    assert {int(label) + 1 for label in plain["labels"]} <= UNUSED_COCO_IDS
+    detector = ed.pretrained_detector("efficientdet_test", score_threshold=0.5)
+    # `predict` and `serve` both run build_predictor's predict_fn.
+    predictor = build_predictor(
+        None, pretrained=True, model_name="efficientdet_test", score_threshold=0.5, device="cpu"
+    )
+    for (result,) in (detector.predict(image), predictor.predict_fn([image])):
+        assert result["labels"].numel() > 0
+        assert set(result["labels"].tolist()) == {0}  # "person", the best used slot
+
+
+def test_predict_and_serve_commands_report_no_unused_category(
+    cached_unused_slot_model, tmp_path: Path
+) -> None:
+    images = tmp_path / "photos"
+    images.mkdir()
+    _photo(images)
+    out = tmp_path / "pred"
+    assert main(["predict", "--model", "efficientdet_test", "--pretrained", str(images),
+                 "--out", str(out), "--all-scores", "--quiet"]) == 0
+    records = json.loads((out / "predictions.json").read_text())
+    assert records
+    assert not {r["category_id"] for r in records} & UNUSED_COCO_IDS
+    assert zoo.UNUSED_CATEGORY not in {r["category"] for r in records}
+
+    pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
+    pytest.importorskip("httpx", reason="httpx is not installed")
+    from fastapi.testclient import TestClient
+
+    from efficientdet.deploy.backends import build_predictor
+    from efficientdet.deploy.server import create_app
+
+    predictor = build_predictor(
+        None, pretrained=True, model_name="efficientdet_test", score_threshold=0.0, device="cpu"
+    )
+    with TestClient(create_app(predictor)) as client:
+        answer = client.post("/predict", content=(images / "photo.jpg").read_bytes(),
+                             headers={"content-type": "image/jpeg"})
+    assert answer.status_code == 200, answer.text
+    served = answer.json()["detections"]
+    assert served and zoo.UNUSED_CATEGORY not in {d["category"] for d in served}
+    assert not {d["category_id"] for d in served} & UNUSED_COCO_IDS
+
+
+def test_eval_command_scores_no_unused_category(cached_unused_slot_model, tmp_path: Path) -> None:
+    root = tmp_path / "coco"
+    (root / "val2017").mkdir(parents=True)
+    Image.new("RGB", (64, 64), (10, 20, 30)).save(root / "val2017" / "000000000001.jpg")
+    doc = {
+        "images": [{"id": 1, "file_name": "000000000001.jpg", "width": 64, "height": 64}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [8, 8, 30, 30],
+                         "area": 900, "iscrowd": 0}],
+        "categories": [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}],
+    }
+    (root / "instances_val2017.json").write_text(json.dumps(doc))
+    (root / "coco.yaml").write_text("val: {annotations: instances_val2017.json, images: val2017}\n")
+    out = tmp_path / "eval"
+    assert main(["eval", "--model", "efficientdet_test", "--pretrained", "--device", "cpu",
+                 "--data", str(root / "coco.yaml"), "--out", str(out)]) == 0
+    detections = json.loads((out / "detections.json").read_text())
+    assert detections and 1 in {d["category_id"] for d in detections}
+    assert not {d["category_id"] for d in detections} & UNUSED_COCO_IDS
 
 
 # ---- ImageNet Lite backbones without network ----------------------------------------------------

@@ -11,7 +11,7 @@ from torch import nn
 from efficientdet.detection.detector import Detector
 from efficientdet.detection.postprocess import PostprocessConfig
 from efficientdet.inference.tta import TTAConfig, TTADetector, scaled_size
-from efficientdet.modeling.registry import create_model
+from efficientdet.modeling.factory import create_model
 
 
 class BrightBoxDetector(nn.Module):

@@ -20,7 +20,7 @@ _EXPORTS = {
     "save_checkpoint": "modeling.checkpoint",
     "Detector": "detection.detector",
     "EfficientDet": "modeling.model",
-    "create_model": "modeling.registry",
+    "create_model": "modeling.factory",
     "get_config": "modeling.registry",
     "list_models": "modeling.registry",
     "register_model": "modeling.registry",
@@ -40,9 +40,10 @@ if TYPE_CHECKING:
     from .detection.detector import Detector
     from .inference.loading import load_pretrained, load_trained, pretrained_detector
     from .modeling.checkpoint import load_checkpoint, save_checkpoint
+    from .modeling.factory import create_model
     from .modeling.model import EfficientDet
     from .modeling.pretrained import list_pretrained
-    from .modeling.registry import create_model, get_config, list_models, register_model
+    from .modeling.registry import get_config, list_models, register_model
     from .modeling.scaling import compound_config
     from .train.budget_recipe import train_in_budget
 

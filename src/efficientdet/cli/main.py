@@ -240,7 +240,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         loaded.class_names, loaded.label_to_category_id, loaded.model.config.num_classes, data,
         source=args.weights or f"{args.model} (pretrained)", data_source=args.data,
     )
-    detector: Any = Detector(loaded.model, nms=args.nms, max_detections=args.max_detections).to(device)
+    detector: Any = Detector(
+        loaded.model, nms=args.nms, max_detections=args.max_detections,
+        suppressed_labels=loaded.suppressed_labels,
+    ).to(device)
     tta = _tta_config(args)
     if tta is not None:
         from ..inference.tta import TTADetector

@@ -129,7 +129,8 @@ def build_predictor(
 
         model = optimize_for_inference(model, channels_last=torch_device.type == "cpu")
     detector = Detector(
-        model, nms=nms, max_detections=max_detections, score_threshold=score_threshold
+        model, nms=nms, max_detections=max_detections, score_threshold=score_threshold,
+        suppressed_labels=loaded.suppressed_labels,
     ).eval()
     predict_fn: Callable[[list[Any]], Detections]
     if tta is not None:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..config import check_image_size
+from ..modeling.pretrained import unused_labels
 from .onnx_format import DETECTIONS_TENSOR, KIND_DETECTIONS, KIND_RAW, PAD_LABEL
 
 if TYPE_CHECKING:  # torch is imported where it is used: `efficientdet --help` stays quick
@@ -214,7 +215,8 @@ def export_onnx(
         pre_nms_top_k: (anchor, class) candidates per image kept before NMS.
         max_detections: rows per image.
         iou_threshold: class-aware NMS IoU threshold.
-        class_names: names by label, stored in the metadata.
+        class_names: names by label, stored in the metadata; labels named ``N/A`` (COCO's
+            unused ids) are never detected.
         label_to_category_id: dataset category id by label, stored in the metadata.
         opset: ONNX opset (NonMaxSuppression needs >= 11; the exporter targets >= 18).
 
@@ -242,6 +244,7 @@ def export_onnx(
             pre_nms_top_k=pre_nms_top_k,
             max_detections=max_detections,
             iou_threshold=iou_threshold,
+            suppressed_labels=unused_labels(class_names),
         )
         output_names = [DETECTIONS_TENSOR]
     else:

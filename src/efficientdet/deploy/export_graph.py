@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ..config import ModelConfig, check_image_size
 from ..detection.anchors import generate_anchors
 from ..detection.boxes import clip_boxes, decode, flatten_level_outputs
-from ..detection.postprocess import class_aware_nms, select_top_k
+from ..detection.postprocess import class_aware_nms, select_top_k, suppress_labels
 from .onnx_format import PAD_LABEL
 
 __all__ = [
@@ -128,13 +128,16 @@ def padded_detections(
     pre_nms_top_k: int = 5000,
     max_detections: int = 100,
     iou_threshold: float = 0.5,
+    suppressed_labels: Sequence[int] = (),
 ) -> Tensor:
     """Decode and class-aware NMS for a batch, into a fixed-shape tensor (traceable).
 
     The same selection as :func:`efficientdet.detection.postprocess.postprocess` with ``nms="hard"``:
     top ``pre_nms_top_k`` (anchor, class) pairs per image, scores above ``score_threshold``,
     decoded and clipped, class-aware NMS at ``iou_threshold`` (:func:`class_nms`), the best
-    ``max_detections`` kept. In ONNX all images and classes go through one NMS node.
+    ``max_detections`` kept; ``suppressed_labels`` never (their logits are ``-inf``,
+    :func:`~efficientdet.detection.postprocess.suppress_labels`). In ONNX all images and
+    classes go through one NMS node.
 
     Args:
         class_outputs: per level ``Tensor[B, A * C, H_l, W_l]`` logits.
@@ -147,6 +150,7 @@ def padded_detections(
         ``Tensor[B, max_detections, 6]`` rows ``(x1, y1, x2, y2, score, class)`` by
         decreasing score; padding rows are 0 with class :data:`PAD_LABEL`.
     """
+    class_outputs = suppress_labels(class_outputs, num_classes, suppressed_labels)
     scores, anchor_index, labels = select_top_k(
         class_outputs, num_classes, pre_nms_top_k, traceable=True
     )
@@ -182,7 +186,8 @@ class DetectionExport(nn.Module):
     """A network plus anchors, decoding and NMS: ``images [B, 3, H, W] -> [B, D, 6]``.
 
     The anchors are built once for ``image_size`` and kept as a (non-persistent) buffer, so
-    the graph takes exactly that input size. See :func:`padded_detections` for the output.
+    the graph takes exactly that input size. See :func:`padded_detections` for the output;
+    ``suppressed_labels`` (COCO's unused ids for a published model) are never detected.
     """
 
     anchors: Tensor
@@ -196,6 +201,7 @@ class DetectionExport(nn.Module):
         pre_nms_top_k: int = 5000,
         max_detections: int = 100,
         iou_threshold: float = 0.5,
+        suppressed_labels: Sequence[int] = (),
     ) -> None:
         super().__init__()
         config = model_config(model)
@@ -216,6 +222,7 @@ class DetectionExport(nn.Module):
         self.pre_nms_top_k = int(pre_nms_top_k)
         self.max_detections = int(max_detections)
         self.iou_threshold = float(iou_threshold)
+        self.suppressed_labels = tuple(sorted({int(label) for label in suppressed_labels}))
         anchors = generate_anchors(
             self.image_size, config.min_level, config.max_level, config.anchors
         )
@@ -234,6 +241,7 @@ class DetectionExport(nn.Module):
             pre_nms_top_k=self.pre_nms_top_k,
             max_detections=self.max_detections,
             iou_threshold=self.iou_threshold,
+            suppressed_labels=self.suppressed_labels,
         )
 
 

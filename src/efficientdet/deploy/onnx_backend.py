@@ -22,6 +22,7 @@ from torch import Tensor
 
 from ..detection.transform import ImageSource, as_sources, preprocess_batch, scale_boxes_to_original
 from ..devices import parse_device
+from ..modeling.pretrained import unused_labels
 from .export import OnnxMetadata, require
 from .onnx_format import KIND_DETECTIONS
 
@@ -101,7 +102,10 @@ class OnnxDetector:
 
     ``predict(images)`` and ``detect(batch)`` return what ``Detector.predict`` and
     ``Detector.detect`` return: per image ``{"boxes": Tensor[K, 4] xyxy, "scores": Tensor[K],
-    "labels": Tensor[K] int64}``, best first.
+    "labels": Tensor[K] int64}``, best first. Rows whose label the file's class names call
+    ``N/A`` (COCO's unused ids in an export of a published model; ``suppressed_labels``) are
+    dropped. In the graph they can still take top-k places (its NMS is class-aware, so they
+    suppress no box of another class); they never come out.
     """
 
     def __init__(
@@ -151,6 +155,7 @@ class OnnxDetector:
             )
         self.score_threshold = max(file_threshold, score_threshold or 0.0)
         self.max_detections = min(file_max, max_detections or file_max)
+        self.suppressed_labels = unused_labels(self.metadata.class_names)
 
     def _check_providers(self, wanted: list[Provider], *, explicit: bool) -> None:
         """Refuse (asked for) or log (``auto``) a session that fell back from the GPU to the
@@ -213,9 +218,11 @@ class OnnxDetector:
         rows = torch.from_numpy(
             self.run(np.ascontiguousarray(images.detach().cpu().float().numpy()))
         )
+        suppressed = torch.tensor(self.suppressed_labels, dtype=rows.dtype)
         results = []
         for image_rows in rows:
             keep = (image_rows[:, 5] >= 0) & (image_rows[:, 4] > self.score_threshold)
+            keep &= ~torch.isin(image_rows[:, 5], suppressed)
             kept = image_rows[keep][: self.max_detections]
             results.append(
                 {"boxes": kept[:, :4], "scores": kept[:, 4], "labels": kept[:, 5].long()}

@@ -99,6 +99,10 @@ class Detector(nn.Module):
             a 2-core CPU, same outputs within float tolerance. Weights may stay NCHW.
         class_names: the name of each label ``0..C-1``, kept as ``detector.class_names`` for
             the caller (``efficientdet.pretrained_detector`` sets COCO's); not used inside.
+        suppressed_labels: labels never to detect, class slots with no class behind them (the
+            ten unused COCO ids of the published 90-way heads, which
+            :mod:`efficientdet.inference.loading` gives as ``LoadedModel.suppressed_labels``):
+            their scores never enter the top-k or NMS.
     """
 
     def __init__(
@@ -114,6 +118,7 @@ class Detector(nn.Module):
         loss_config: LossConfig | None = None,
         channels_last: bool | None = None,
         class_names: Sequence[str] | None = None,
+        suppressed_labels: Sequence[int] = (),
     ) -> None:
         super().__init__()
         config = getattr(model, "config", None)
@@ -123,6 +128,12 @@ class Detector(nn.Module):
                 "network with efficientdet.create_model or give it a config attribute"
             )
         self.model = model
+        suppressed = tuple(sorted({int(label) for label in suppressed_labels}))
+        if suppressed and (suppressed[0] < 0 or suppressed[-1] >= config.num_classes):
+            raise ValueError(
+                f"suppressed_labels {list(suppressed)} are not all labels of a model with "
+                f"{config.num_classes} classes (0..{config.num_classes - 1})"
+            )
         self.postprocess_config = PostprocessConfig(
             score_threshold=score_threshold,
             pre_nms_top_k=pre_nms_top_k,
@@ -130,6 +141,7 @@ class Detector(nn.Module):
             nms=nms,
             iou_threshold=iou_threshold,
             soft_nms_sigma=soft_nms_sigma,
+            suppressed_labels=suppressed,
         )
         self.loss_config = loss_config if loss_config is not None else LossConfig()
         self.matcher = self.loss_config.matcher()

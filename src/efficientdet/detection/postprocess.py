@@ -3,8 +3,10 @@
 Per image: take the ``pre_nms_top_k`` best (anchor, class) pairs over all levels with one
 ``topk`` (never a full sort), drop those at or below ``score_threshold``, decode only those
 candidates, clip them to the input, run class-aware NMS (hard, or Gaussian soft-NMS as in
-the official evaluation) and keep at most ``max_detections``. Boxes come out in input
-pixels; :func:`efficientdet.detection.transform.scale_boxes_to_original` maps them back to the
+the official evaluation) and keep at most ``max_detections``. Labels listed in
+``suppressed_labels`` (class slots with no class behind them, such as COCO's ten unused ids in
+the published 90-way heads) have their logits set to ``-inf`` first, so they never take a
+top-k place, never suppress a box in NMS and never come out. Boxes come out in input pixels; :func:`efficientdet.detection.transform.scale_boxes_to_original` maps them back to the
 original image.
 """
 
@@ -35,6 +37,8 @@ class PostprocessConfig:
         nms: ``"hard"`` (class-aware NMS) or ``"soft"`` (class-aware Gaussian soft-NMS).
         iou_threshold: IoU above which hard NMS suppresses a box.
         soft_nms_sigma: Gaussian soft-NMS decays a score by ``exp(-iou**2 / sigma)``.
+        suppressed_labels: labels that are never detected (sorted, no repeats): their logits
+            are set to ``-inf`` before the top-k (:func:`suppress_labels`).
     """
 
     score_threshold: float = 0.001
@@ -43,6 +47,7 @@ class PostprocessConfig:
     nms: str = "hard"
     iou_threshold: float = 0.5
     soft_nms_sigma: float = 0.5
+    suppressed_labels: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.nms not in NMS_METHODS:
@@ -59,6 +64,11 @@ class PostprocessConfig:
             raise ValueError(f"iou_threshold must be in [0, 1], got {self.iou_threshold}")
         if self.soft_nms_sigma <= 0:
             raise ValueError(f"soft_nms_sigma must be positive, got {self.soft_nms_sigma}")
+        labels = self.suppressed_labels
+        if any(type(label) is not int or label < 0 for label in labels):
+            raise ValueError(f"suppressed_labels must be labels >= 0, got {labels}")
+        if list(labels) != sorted(set(labels)):
+            raise ValueError(f"suppressed_labels must be sorted without repeats, got {labels}")
 
 
 def _soft_nms_padded(
@@ -347,6 +357,36 @@ def _select_above(
     return top_logits, where.gather(1, index)
 
 
+def suppress_labels(
+    class_outputs: Sequence[Tensor], num_classes: int, labels: Sequence[int]
+) -> list[Tensor]:
+    """The class logits with those of ``labels`` set to ``-inf`` at every anchor and location.
+
+    A sigmoid score of 0 is at or below every score threshold, so a suppressed label is never
+    picked while any other candidate remains and is dropped when it is.
+
+    Args:
+        class_outputs: per level ``Tensor[B, A * C, H_l, W_l]`` logits (channel ``a * C + c``
+            is class ``c`` of anchor ``a``); not modified.
+        num_classes: C.
+        labels: labels ``0..C-1`` to suppress.
+
+    Returns:
+        Per level a copy in the input's layout and memory format (channels-last stays so).
+    """
+    if not labels:
+        return list(class_outputs)
+    if min(labels) < 0 or max(labels) >= num_classes:
+        raise ValueError(f"suppressed labels {list(labels)} are not all in 0..{num_classes - 1}")
+    out = []
+    for level in class_outputs:
+        # An added 0 / -inf per channel: traceable (the ONNX export runs this too).
+        mask = level.new_zeros((level.shape[1] // num_classes, num_classes))
+        mask[:, list(labels)] = -math.inf
+        out.append(level + mask.reshape(1, -1, 1, 1))
+    return out
+
+
 def postprocess(
     class_outputs: Sequence[Tensor],
     box_outputs: Sequence[Tensor],
@@ -367,7 +407,8 @@ def postprocess(
 
     Returns:
         Per image ``{"boxes": Tensor[K, 4] xyxy input pixels, "scores": Tensor[K],
-        "labels": Tensor[K] int64 in 0..C-1}``, by decreasing score, ``K <= max_detections``.
+        "labels": Tensor[K] int64 in 0..C-1}``, by decreasing score, ``K <= max_detections``;
+        never one of ``config.suppressed_labels``.
     """
     config = config if config is not None else PostprocessConfig()
     deltas = flatten_level_outputs(list(box_outputs), 4)  # [B, N, 4]
@@ -378,6 +419,7 @@ def postprocess(
             f"{deltas.shape[1]} box predictions per image; the anchors do not match the "
             "model's outputs"
         )
+    class_outputs = suppress_labels(class_outputs, num_classes, config.suppressed_labels)
 
     scores, anchor_index, labels = select_top_k(class_outputs, num_classes, config.pre_nms_top_k)
     picked = deltas.gather(1, anchor_index.unsqueeze(-1).expand(-1, -1, 4)).float()

@@ -21,7 +21,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -36,10 +36,8 @@ from .error_analysis import (
     most_missed_images,
     worst_false_positive_images,
 )
+from .eval_result import EvalResult
 from .visualize import add_legend, draw_detections, draw_ground_truth, make_grid
-
-if TYPE_CHECKING:
-    from .evaluate import EvalResult
 
 log = logging.getLogger(__name__)
 

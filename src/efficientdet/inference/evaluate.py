@@ -1,5 +1,8 @@
 """COCO evaluation with pycocotools: AP, AP50, AP75, AP by size, AR, and per-class AP; plus
-the error analysis (:mod:`efficientdet.inference.error_analysis`) and the files that show it."""
+the error analysis (:mod:`efficientdet.inference.error_analysis`) and the files that show it.
+
+The result, :class:`~efficientdet.inference.eval_result.EvalResult`, lives in
+:mod:`efficientdet.inference.eval_result` (re-exported here with :func:`format_metrics`)."""
 
 from __future__ import annotations
 
@@ -8,7 +11,6 @@ import io
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,49 +28,11 @@ from ..data import (
 )
 from ..detection.transform import LetterboxInfo, scale_boxes_to_original
 from .error_analysis import ErrorAnalysis, analyze_errors
+from .error_report import write_error_outputs
+from .eval_result import STAT_NAMES, EvalResult
+from .eval_result import format_metrics as format_metrics  # re-exported: where callers look
 
 log = logging.getLogger(__name__)
-
-# Order of COCOeval.stats.
-STAT_NAMES = (
-    "AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
-    "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large",
-)
-
-
-@dataclass
-class EvalResult:
-    """COCO metrics (``-1`` where a category of sizes has no ground truth).
-
-    ``unreadable`` lists the images that could not be read (file and problem); they are left
-    out of the ground truth and the metrics. ``per_class_ap`` is AP[.5:.95] and
-    ``per_class_ap50`` AP at IoU 0.5, by class name (``-1`` for a class without boxes).
-    ``error_analysis`` is what went wrong (matching at IoU 0.5, F1-best thresholds, confusion
-    matrix), when it was computed.
-    """
-
-    metrics: dict[str, float]
-    per_class_ap: dict[str, float] = field(default_factory=dict)
-    num_images: int = 0
-    num_detections: int = 0
-    unreadable: list[str] = field(default_factory=list)
-    per_class_ap50: dict[str, float] = field(default_factory=dict)
-    error_analysis: ErrorAnalysis | None = field(default=None, repr=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "metrics": self.metrics,
-            "per_class_ap": self.per_class_ap,
-            "per_class_ap50": self.per_class_ap50,
-            "num_images": self.num_images,
-            "num_detections": self.num_detections,
-            "unreadable_images": self.unreadable,
-        }
-        if self.error_analysis is not None:
-            data["thresholds"] = self.error_analysis.thresholds_dict()
-            data["error_analysis"] = self.error_analysis.summary_dict()
-        return data
-
 
 def detections_to_coco(
     image_ids: Sequence[int],
@@ -382,8 +346,6 @@ def write_eval_outputs(
         paths["detections"].write_text(json.dumps(results))
     plot_per_class_ap(result.per_class_ap, paths["per_class_ap"])
     if result.error_analysis is not None:
-        from .error_report import write_error_outputs
-
         paths.update(write_error_outputs(result, result.error_analysis, out, samples))
     return paths
 
@@ -409,16 +371,3 @@ def plot_per_class_ap(per_class_ap: dict[str, float], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def format_metrics(result: EvalResult) -> str:
-    """Human-readable summary lines."""
-    m = result.metrics
-    lines = [
-        f"AP {m['AP']:.4f}  AP50 {m['AP50']:.4f}  AP75 {m['AP75']:.4f}  "
-        f"APs {m['AP_small']:.4f}  APm {m['AP_medium']:.4f}  APl {m['AP_large']:.4f}",
-        f"AR1 {m['AR1']:.4f}  AR10 {m['AR10']:.4f}  AR100 {m['AR100']:.4f}",
-    ]
-    if result.per_class_ap:
-        lines.append("per class: " + ", ".join(f"{k} {v:.3f}" for k, v in result.per_class_ap.items()))
-    return "\n".join(lines)

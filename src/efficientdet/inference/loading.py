@@ -17,35 +17,43 @@ from ..modeling.checkpoint import (
     read_checkpoint,
 )
 from ..modeling.model import EfficientDet
+from ..modeling.pretrained import coco_label_space, fetch_weights, unused_labels
 from ..modeling.registry import get_config
 
 
 @dataclass
 class LoadedModel:
-    """A network in evaluation mode with what its weights say about their labels."""
+    """A network in evaluation mode with what its weights say about their labels.
+
+    ``suppressed_labels`` are the labels a detector built on it must never report: class slots
+    with no class behind them, those named ``N/A`` (COCO's ten unused ids in the published
+    90-way heads; :func:`efficientdet.modeling.pretrained.unused_labels`). Give them to
+    ``Detector(model, suppressed_labels=loaded.suppressed_labels)``.
+    """
 
     model: EfficientDet
     class_names: list[str] | None = None
     label_to_category_id: list[int] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    suppressed_labels: tuple[int, ...] = ()
 
 
 def load_pretrained(
     name: str, *, image_size: tuple[int, int] | None = None, progress: bool = True
 ) -> LoadedModel:
     """``name`` with its published COCO weights (downloaded once, then from the cache) and
-    COCO's label space: 90 class names and the category ids 1..90 they stand for.
+    COCO's label space: 90 class names and the category ids 1..90 they stand for, with the
+    ten unused ids (named ``N/A``) as ``suppressed_labels``.
 
     Raises:
         ValueError: ``name`` has no published weights.
         WeightsDownloadError: the weights could not be fetched or verified (one line).
     """
-    from ..modeling.pretrained import coco_label_space, fetch_weights
-
     path = fetch_weights(name, progress=progress)
     loaded = load_trained(path, model_name=name, image_size=image_size)
     names, ids = coco_label_space()
     loaded.class_names, loaded.label_to_category_id = names, ids
+    loaded.suppressed_labels = unused_labels(names)
     loaded.metadata = {**loaded.metadata, "pretrained": name, "weights": str(path)}
     return loaded
 
@@ -77,13 +85,17 @@ def load_model(
 def pretrained_detector(name: str, **detector_options: Any) -> Detector:
     """A ready COCO :class:`~efficientdet.detection.detector.Detector` for ``name``:
     ``pretrained_detector("tf_efficientdet_d0").predict("photo.jpg")`` gives boxes in the
-    photo's pixels, and ``detector.class_names[label]`` names each label ("person", ...).
+    photo's pixels, and ``detector.class_names[label]`` names each label ("person", ...);
+    COCO's unused ids (``N/A``) are never detected.
 
     ``detector_options`` go to :class:`~efficientdet.detection.detector.Detector` (``score_threshold``,
     ``nms``, ``max_detections``, ...).
     """
     loaded = load_pretrained(name)
-    return Detector(loaded.model, class_names=loaded.class_names, **detector_options).eval()
+    return Detector(
+        loaded.model, class_names=loaded.class_names,
+        suppressed_labels=loaded.suppressed_labels, **detector_options,
+    ).eval()
 
 
 def load_trained(
@@ -92,7 +104,8 @@ def load_trained(
     model_name: str | None = None,
     image_size: tuple[int, int] | None = None,
 ) -> LoadedModel:
-    """The network stored in ``path`` with its class names.
+    """The network stored in ``path`` with its class names (labels named ``N/A`` become
+    ``suppressed_labels``).
 
     Args:
         path: this project's ``.safetensors`` checkpoint (architecture in its header), or an
@@ -134,4 +147,4 @@ def load_trained(
             raise CheckpointError(
                 f"{path}: '{key}' in the header must be a list of {kind.__name__}, got {value!r:.80}"
             )
-    return LoadedModel(model.eval(), names, ids, meta)
+    return LoadedModel(model.eval(), names, ids, meta, suppressed_labels=unused_labels(names))

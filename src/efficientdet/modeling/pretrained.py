@@ -15,7 +15,9 @@ download.
   cache path where the file can be put by hand.
 
 The published models predict COCO's 90 category ids (1..90, the 80 annotated ones plus ten
-ids that COCO 2017 never uses); label ``l`` is category id ``l + 1``.
+ids that COCO 2017 never uses); label ``l`` is category id ``l + 1``. The ten unused ids are
+real class slots of the 90-way head, so they can score; :func:`unused_labels` names them for
+the detector to suppress (``predict``, ``eval`` and ``serve`` never report them).
 """
 
 from __future__ import annotations
@@ -28,9 +30,12 @@ import re
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .registry import get_config
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +77,13 @@ def coco_label_space() -> tuple[list[str], list[int]]:
     """
     ids = list(range(1, COCO_NUM_CLASSES + 1))
     return [COCO_CATEGORIES.get(i, UNUSED_CATEGORY) for i in ids], ids
+
+
+def unused_labels(class_names: Sequence[str] | None) -> tuple[int, ...]:
+    """The labels named :data:`UNUSED_CATEGORY`, sorted: class slots of a head with no class
+    behind them (labels 11, 25, 28, 29, 44, 65, 67, 68, 70 and 82 of :func:`coco_label_space`,
+    COCO's unused ids 12 ... 83). A detector suppresses them; ``()`` without names."""
+    return tuple(i for i, name in enumerate(class_names or ()) if name == UNUSED_CATEGORY)
 
 
 @dataclass(frozen=True)
@@ -270,10 +282,9 @@ def _progress_bar(name: str, total: int | None) -> Any:
 def weights_size_bytes(name: str) -> int:
     """Bytes of the tensors in ``name``'s weights (90 classes), counted without allocating
     them: about the size of the release file, which adds a little serialisation overhead."""
-    import torch
+    import torch  # torch and timm only here: the table and downloads stay quick to import
 
     from .model import EfficientDet
-    from .registry import get_config
 
     with torch.device("meta"):
         model = EfficientDet(get_config(name, num_classes=COCO_NUM_CLASSES))

@@ -1,15 +1,17 @@
-"""The model table as explicit rows, and ``create_model`` / ``list_models``.
+"""The model table as explicit rows: names to configurations, ``get_config`` / ``list_models``.
 
-The released configurations depart from the paper's scaling rules in places (D5 keeps
-BiFPN depth 7, D6/D7 reuse B6, D7x adds P8), so every row is written out and tested.
+The registry is data; nothing here builds a network (that is
+:func:`efficientdet.modeling.factory.create_model`). The released configurations depart from
+the paper's scaling rules in places (D5 keeps BiFPN depth 7, D6/D7 reuse B6, D7x adds P8), so
+every row is written out and tested.
 """
 
 from __future__ import annotations
 
 import difflib
+import fnmatch
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from ..config import ADVPROP_MEAN, ADVPROP_STD, LITE_MEAN, LITE_STD, AnchorConfig, ModelConfig
@@ -27,8 +29,6 @@ def register_model(config: ModelConfig) -> ModelConfig:
 
 def list_models(pattern: str = "*") -> list[str]:
     """Registered model names matching a shell-style ``pattern``, sorted."""
-    import fnmatch
-
     return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
 
 
@@ -45,46 +45,6 @@ def get_config(name: str, **overrides: Any) -> ModelConfig:
     if "anchors" in overrides and isinstance(overrides["anchors"], dict):
         overrides["anchors"] = AnchorConfig(**overrides["anchors"])
     return replace(config, **overrides) if overrides else config
-
-
-def create_model(
-    name: str,
-    *,
-    num_classes: int = 90,
-    pretrained: bool = False,
-    pretrained_backbone: bool = False,
-    checkpoint: str | Path | None = None,
-    **overrides: Any,
-):  # -> EfficientDet (imported lazily to keep this module light)
-    """Build a registered detector network.
-
-    Args:
-        name: one of :func:`list_models`.
-        num_classes: classes C; the class head has ``A * C`` outputs per location.
-        pretrained: load the published COCO detector weights (downloaded once into the
-            torch.hub cache; see :mod:`efficientdet.modeling.pretrained`). With another ``num_classes``
-            everything but the class prediction layer loads: the start for fine-tuning.
-        pretrained_backbone: start the backbone from ImageNet weights (ignored with
-            ``pretrained``, whose weights include the backbone).
-        checkpoint: weights to load (this project's safetensors or an ``effdet`` state dict).
-            With a different class count, everything but the class prediction layer loads.
-        overrides: any :class:`ModelConfig` field, e.g. ``image_size=(384, 640)``.
-    """
-    from .checkpoint import load_checkpoint
-    from .model import EfficientDet
-
-    if pretrained and checkpoint is not None:
-        raise ValueError("give either pretrained=True or checkpoint=..., not both")
-    config = get_config(name, num_classes=num_classes, **overrides)
-    if pretrained:
-        from .pretrained import fetch_weights
-
-        checkpoint = fetch_weights(name)
-        pretrained_backbone = False
-    model = EfficientDet(config, pretrained_backbone=pretrained_backbone)
-    if checkpoint is not None:
-        load_checkpoint(model, checkpoint)
-    return model
 
 
 # ---- the table (docs/model-reference.md, section 1) ----------------------------------------------------

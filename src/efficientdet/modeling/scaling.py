@@ -51,12 +51,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..config import AnchorConfig, ModelConfig, model_config_from_dict
-
-if TYPE_CHECKING:
-    from .model import EfficientDet
+from .model import EfficientDet
+from .necks import NECKS
+from .profile import info_row
+from .registry import get_config
 
 DEFAULT_BASE = "tf_efficientdet_d0"
 # Absorbs float noise in phi (0.1 * 30 = 3.0000000000000004 or 2.9999999999999996).
@@ -206,14 +207,10 @@ def scaled_backbone(
 def _resolve_base(base: str | ModelConfig) -> ModelConfig:
     if isinstance(base, ModelConfig):
         return base
-    from .registry import get_config
-
     return get_config(base)
 
 
 def _check_neck(neck: str) -> None:
-    from .necks import NECKS
-
     if neck not in NECKS:
         raise ValueError(f"neck {neck!r} is not one of {', '.join(map(repr, sorted(NECKS)))}")
 
@@ -289,8 +286,6 @@ def create_compound_model(
     phi: float, *, pretrained_backbone: bool = False, **kwargs: Any
 ) -> EfficientDet:
     """Build the network of :func:`compound_config` (``kwargs`` go there)."""
-    from .model import EfficientDet
-
     return EfficientDet(compound_config(phi, **kwargs), pretrained_backbone=pretrained_backbone)
 
 
@@ -323,8 +318,6 @@ def config_for_training(
     if phi is None:
         if name is None:
             raise ValueError("a training run needs a model name or a phi")
-        from .registry import get_config
-
         return get_config(name, num_classes=num_classes, **given)
     neck = given.pop("neck", None)
     backbone = given.pop("backbone", None)
@@ -339,8 +332,6 @@ def info_for_phi(
 ) -> dict[str, Any]:
     """What ``efficientdet info`` reports for a model, for the compound-scaled ``phi``
     (the keys of ``cli._info_row``); parameters and multiply-adds from the meta device."""
-    from .profile import info_row
-
     return info_row(compound_config(phi, base=base, neck=neck, **kwargs))
 
 
@@ -405,8 +396,6 @@ def released_departures(
     """Every field of the registered D0-D7x rows of ``family`` that differs from
     :func:`compound_config` of its phi scaled from the family's D0, with the documented
     reason (``"undocumented"`` for a departure this module does not explain)."""
-    from .registry import get_config
-
     base = get_config(f"{family}_d0")
     found = []
     for key, phi in RELEASED_PHI.items():
@@ -418,6 +407,3 @@ def released_departures(
                 reason = DEPARTURE_REASONS.get((key, name), "undocumented")
                 found.append(Departure(f"{family}_{key}", phi, name, a, b, reason))
     return found
-
-
-# ---- command line: `efficientdet create` ------------------------------------------------------
