@@ -12,6 +12,7 @@ from PIL import Image
 from efficientdet.data.check import check_dataset
 from efficientdet.data.demo import (
     DIGIT_CLASS_NAMES,
+    prepare_demo_data,
     render_scene,
     split_digit_indices,
     write_demo_dataset,
@@ -112,3 +113,19 @@ def test_boxes_are_tight_around_the_ink() -> None:
 def test_bad_arguments_raise(tmp_path) -> None:
     with pytest.raises(ValueError, match="object sizes"):
         write_demo_dataset(tmp_path, num_train=1, num_val=1, image_size=64, min_object_size=30)
+
+
+def test_prepare_demo_data_reuses_the_same_data_and_rewrites_other(tmp_path) -> None:
+    """``make demo`` run twice writes the data once; other arguments replace the folder."""
+    args = {"seed": 3, **TINY}
+    files = prepare_demo_data(tmp_path / "d", args)
+    assert json.loads((tmp_path / "d" / "demo-args.json").read_text()) == args
+    written = {p: p.stat().st_mtime_ns for p in (tmp_path / "d").rglob("*") if p.is_file()}
+    assert len(written) == 5 + 3 + 4  # images, two annotation files, data.yaml, the stamp
+    again = prepare_demo_data(tmp_path / "d", args)
+    assert again.data_yaml == files.data_yaml
+    assert {p: p.stat().st_mtime_ns for p in written} == written  # nothing rewritten
+    (tmp_path / "d" / "stray.txt").write_text("left by the user")
+    other = prepare_demo_data(tmp_path / "d", {**args, "num_train": 2})
+    assert len(load_dataset(other.data_yaml, "train")) == 2
+    assert not (tmp_path / "d" / "stray.txt").exists()

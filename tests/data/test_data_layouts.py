@@ -437,30 +437,29 @@ def test_given_image_folder_is_never_replaced(tmp_path) -> None:
     assert "which is not used (images were given)" in data.issues.examples["images_not_located"][0]
 
 
-# ---- end to end -----------------------------------------------------------------------------
+# ---- what training and evaluation read ------------------------------------------------------
+# The trainer reads load_dataset(data.train, "train") and load_dataset(data.val, "val",
+# class_names=<the training classes>); eval reads load_dataset(--data, --split,
+# class_names=<the checkpoint's classes>). Those same calls, with the images decoded where
+# they were found, stand in for whole train and eval runs (tests/test_train.py and
+# tests/test_evaluate.py run those on the demo data).
 
 
-def _train_and_eval(tmp_path: Path, data: Path, capsys) -> None:
-    run = tmp_path / "run"
-    code = main([
-        "train", "--set", "model.name=efficientdet_test", "--set", "model.pretrained_backbone=false",
-        "--set", f"data.train={data}", "--set", f"data.val={data}", "--set", f"run.out_dir={run}",
-        "--set", "run.batch_size=2", "--set", "run.max_steps=2", "--set", "run.progress=false",
-        "--set", "run.eval_every=0", "--set", "run.save_every_steps=0",
-        "--set", "data.num_workers=0", "--set", "data.augment=false",
-    ])
-    assert code == 0 and (run / "last.safetensors").is_file()
-    capsys.readouterr()
-    code = main(["eval", "--weights", str(run / "last.safetensors"), "--data", str(data),
-                 "--split", "val", "--device", "cpu", "--batch-size", "2"])
-    assert code == 0 and "AP" in capsys.readouterr().out
+def _assert_as_training_reads_it(root: Path, n_train: int, n_val: int) -> None:
+    train = load_dataset(root, "train")
+    _assert_boxes(train, n_train)
+    val = load_dataset(root, "val", class_names=train.class_names)
+    _assert_boxes(val, n_val)
+    for sample in train.samples + val.samples:
+        with sample.load_image() as image:
+            assert image.size == (W, H), sample.image_path
 
 
-def test_train_and_eval_on_roboflow_yolo(tmp_path, capsys) -> None:
-    _train_and_eval(tmp_path, _roboflow_yolo(tmp_path / "rf"), capsys)
+def test_training_and_eval_read_roboflow_yolo(tmp_path) -> None:
+    _assert_as_training_reads_it(_roboflow_yolo(tmp_path / "rf"), 3, 2)
 
 
-def test_train_and_eval_on_cvat_coco_with_found_images(tmp_path, capsys) -> None:
+def test_training_and_eval_read_cvat_coco_with_found_images(tmp_path) -> None:
     root = tmp_path / "coco"
     names = [f"frame_{i:06d}.png" for i in range(3)]
     for name in names:
@@ -469,5 +468,9 @@ def test_train_and_eval_on_cvat_coco_with_found_images(tmp_path, capsys) -> None
     (root / "annotations").mkdir(parents=True)
     doc = json.dumps(_coco_doc(names, categories, first_id=1))
     (root / "annotations" / "instances_train.json").write_text(doc)
-    (root / "annotations" / "instances_val.json").write_text(doc)
-    _train_and_eval(tmp_path, root, capsys)
+    (root / "annotations" / "instances_val.json").write_text(json.dumps(_coco_doc(names[:2], categories, 1)))
+    _assert_as_training_reads_it(root, 3, 2)
+    train = load_dataset(root, "train")
+    assert train.label_to_category_id == [1, 2]
+    assert [s.image_path for s in train.samples] == [root / "images" / n for n in names]
+    assert train.issues.count("images_found_elsewhere") == 1

@@ -104,7 +104,8 @@ def test_predict_folder_reports_each_bad_file_and_writes_the_rest(
 ) -> None:
     out = tmp_path / "out"
     status, stdout, stderr = cli(
-        "predict", "--weights", tiny_weights, image_corpus.folder, "--out", out, "--quiet"
+        "predict", "--weights", tiny_weights, image_corpus.folder, "--out", out, "--quiet",
+        "--all-scores",
     )
     assert status == 1, stderr
     good, bad = image_corpus.good, image_corpus.bad
@@ -121,9 +122,17 @@ def test_predict_folder_reports_each_bad_file_and_writes_the_rest(
         with Image.open(written) as picture:
             assert picture.size == size, name
             assert getattr(picture, "n_frames", 1) == 1
-    records = json.loads((out / "predictions.json").read_text())
-    assert isinstance(records, list)
-    assert {Path(r["file_name"]).name for r in records} <= set(good)
+    # One record per good image, each with its upright size; none for the bad ones.
+    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert sorted(Path(r["file_name"]).name for r in records) == sorted(good)
+    for record in records:
+        name = Path(record["file_name"]).name
+        assert (record["width"], record["height"]) == good[name], name
+        assert record["detections"], name  # --all-scores: the random weights' boxes too
+    # The COCO file holds every recorded detection, of the good images only.
+    detections = json.loads((out / "predictions.json").read_text())
+    assert len(detections) == sum(len(r["detections"]) for r in records)
+    assert {Path(d["file_name"]).name for d in detections} == set(good)
 
 
 def test_predict_only_good_files_exits_zero(cli, tiny_weights, image_corpus, tmp_path) -> None:
@@ -166,11 +175,16 @@ def test_predict_output_pictures_that_cannot_be_written_are_failures(
     out = tmp_path / "out"
     status, stdout, stderr = cli(
         "predict", "--weights", tiny_weights, image_corpus.folder / "rgb.jpg", "--out", out,
-        "--quiet",
+        "--quiet", "--all-scores",
     )
     assert status == 1
     assert f"could not write {out / 'rgb.jpg'}" in stderr and "Permission denied" in stderr
-    assert json.loads((out / "predictions.json").read_text()) is not None
+    # The image's record says it has no picture; its detections still reach the COCO file.
+    (record,) = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert record["output"] is None and record["detections"]
+    detections = json.loads((out / "predictions.json").read_text())
+    assert len(detections) == len(record["detections"])
+    assert {d["file_name"] for d in detections} == {record["file_name"]}
 
 
 def test_predictions_file_that_cannot_be_written_leaves_no_partial_file(
