@@ -226,7 +226,7 @@ def test_train_steps_call_the_training_function_per_row_and_seed(tmp_path: Path)
 
 def test_cli_arguments_and_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     parser = argparse.ArgumentParser()
-    ablation_cli.add_ablate_arguments(parser)
+    ablation_cli.add_arguments(parser)
     defaults = parser.parse_args([])
     assert defaults.necks == list(ablation.ABLATION_NECKS) and defaults.train_steps == 0
     assert defaults.fusions == ["fast", "softmax", "sum"] and defaults.out == Path("runs/ablation")
@@ -234,7 +234,7 @@ def test_cli_arguments_and_command(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         parser.parse_args(["--necks", "unet"])
     args = parser.parse_args(["--necks", "nasfpn", "efm", "--out", str(tmp_path), "--no-latency"])
     monkeypatch.setattr(ablation, "DEFAULT_COST_SETTINGS", (TINY,))
-    assert ablation_cli.cmd_ablate(args) == 0
+    assert ablation_cli.run(args) == 0
     markdown = (tmp_path / "ablation.md").read_text()
     assert f"efficientdet ablate --necks nasfpn efm --fusions fast softmax sum --out {tmp_path}" in markdown
     assert "Latency" not in markdown and "network GMACs" in markdown
@@ -243,7 +243,7 @@ def test_cli_arguments_and_command(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 def test_short_train_fn_binds_the_data_batch_and_overrides(tmp_path: Path) -> None:
     parser = argparse.ArgumentParser()
-    ablation_cli.add_ablate_arguments(parser)
+    ablation_cli.add_arguments(parser)
     args = parser.parse_args([
         "--train-steps", "5", "--train-batch", "3", "--data", "d.yaml", "--train-set", "optim.lr=0.01",
     ])

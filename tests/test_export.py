@@ -15,9 +15,9 @@ import torchvision
 from PIL import Image
 from torch import nn
 
-from efficientdet.cli.export import add_export_arguments, cmd_export
+from efficientdet.cli import export as export_cli
+from efficientdet.cli import serve as serve_cli
 from efficientdet.cli.main import build_parser, main
-from efficientdet.cli.serve import cmd_serve
 from efficientdet.deploy.backends import build_predictor, resolve_backend
 from efficientdet.deploy.export import (
     OnnxMetadata,
@@ -100,11 +100,12 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[EfficientDet, Path, 
         metadata={"class_names": CLASS_NAMES, "label_to_category_id": list(range(1, 91))},
     )
     onnx_path = folder / "tiny.onnx"
-    parser = add_export_arguments(argparse.ArgumentParser())
+    parser = argparse.ArgumentParser()
+    export_cli.add_arguments(parser)
     args = parser.parse_args(
         ["--weights", str(weights), "--out", str(onnx_path), "--batch", "dynamic"]
     )
-    assert cmd_export(args) == 0
+    assert export_cli.run(args) == 0
     return model, weights, onnx_path
 
 
@@ -508,14 +509,17 @@ def test_predict_and_serve_pass_the_device_to_onnx_runtime(tiny, monkeypatch, tm
     assert not out.exists()  # refused before anything was written
     serve_args = build_parser().parse_args(["serve", "--weights", str(path), "--device", "cuda:1"])
     with pytest.raises(ValueError, match="--device cuda:1: onnxruntime .* pip install onnxruntime-gpu"):
-        cmd_serve(serve_args)
+        serve_cli.run(serve_args)
 
 
 def test_export_arguments() -> None:
-    parser = add_export_arguments(argparse.ArgumentParser())
+    parser = argparse.ArgumentParser()
+    export_cli.add_arguments(parser)
     args = parser.parse_args(["--weights", "w", "--out", "m.onnx", "--raw", "--image-size", "320"])
-    assert args.with_nms is False and args.batch == 1 and args.image_size == [320]
-    assert parser.parse_args(["--weights", "w", "--out", "o", "--batch", "4"]).batch == 4
+    assert args.with_nms is False and args.batch_size == 1 and args.image_size == [320]
+    assert parser.parse_args(["--weights", "w", "--out", "o", "--batch", "4"]).batch_size == 4
+    # --batch-size, as on every other command; --batch kept.
+    assert parser.parse_args(["--weights", "w", "--out", "o", "--batch-size", "dynamic"]).batch_size == "dynamic"
     assert parser.parse_args(["--weights", "w", "--out", "o"]).with_nms is True
     with pytest.raises(SystemExit):
         parser.parse_args(["--weights", "w", "--out", "o", "--batch", "0"])

@@ -350,12 +350,12 @@ def test_create_writes_a_checkpoint_that_load_trained_rebuilds(tmp_path) -> None
     names.write_text("cat\ndog\nbird\n")
     out = tmp_path / "model.safetensors"
     parser = argparse.ArgumentParser()
-    create_cli.add_create_arguments(parser)
+    create_cli.add_arguments(parser)
     args = parser.parse_args([
         "--phi", "1.5", "--base", TINY, "--neck", "pafpn", "--num-classes", "3",
         "--class-names", str(names), "--out", str(out),
     ])
-    assert create_cli.cmd_create(args) == 0
+    assert create_cli.run(args) == 0
     loaded = load_trained(out)
     expected = compound_config(1.5, base=TINY, neck="pafpn", num_classes=3)
     assert loaded.model.config == expected
@@ -371,11 +371,11 @@ def test_create_rejects_mismatched_class_names(tmp_path) -> None:
     names = tmp_path / "classes.txt"
     names.write_text("cat\ndog\n")
     parser = argparse.ArgumentParser()
-    create_cli.add_create_arguments(parser)
+    create_cli.add_arguments(parser)
     args = parser.parse_args([
         "--phi", "1", "--base", TINY, "--num-classes", "3", "--class-names", str(names),
         "--out", str(tmp_path / "m.safetensors"),
     ])
     with pytest.raises(ValueError, match="2 class names"):
-        create_cli.cmd_create(args)
+        create_cli.run(args)
     assert not (tmp_path / "m.safetensors").exists()

@@ -10,7 +10,7 @@ import math
 import pytest
 import yaml
 
-from efficientdet.cli.scaling_study import add_scaling_study_arguments, cmd_scaling_study
+from efficientdet.cli import scaling_study as scaling_study_cli
 from efficientdet.modeling.profile import profile_config
 from efficientdet.modeling.registry import get_config
 from efficientdet.modeling.scaling import CompoundRules
@@ -153,12 +153,12 @@ def test_tiny_study_matches_flops_and_writes_its_files(tmp_path) -> None:
 
 def test_cli_runs_the_study(tmp_path, capsys) -> None:
     parser = argparse.ArgumentParser()
-    add_scaling_study_arguments(parser)
+    scaling_study_cli.add_arguments(parser)
     args = parser.parse_args([
         "--phis", "1", "--base", TINY, "--dimensions", "resolution", "--image-scale", "0.25",
         "--resolution-step", "16", "--repeats", "0", "--out", str(tmp_path),
     ])
-    assert cmd_scaling_study(args) == 0
+    assert scaling_study_cli.run(args) == 0
     out = capsys.readouterr().out
     assert "| compound | 1.0 |" in out and "| resolution | 1.0 | R=64 |" in out and "wrote" in out
     assert all((tmp_path / name).is_file() for name in STUDY_FILES)
@@ -205,14 +205,14 @@ def test_cli_train_set_reaches_every_short_training(tmp_path, monkeypatch) -> No
     data = tmp_path / "data.yaml"
     monkeypatch.setattr("efficientdet.data.load_dataset", lambda *_: argparse.Namespace(num_classes=3))
     parser = argparse.ArgumentParser()
-    add_scaling_study_arguments(parser)
+    scaling_study_cli.add_arguments(parser)
     args = parser.parse_args([
         "--phis", "1", "--base", TINY, "--dimensions", "resolution", "--image-scale", "0.25",
         "--resolution-step", "16", "--repeats", "0", "--train-steps", "7", "--data", str(data),
         "--train-set", "optim.lr=0.015", "--train-set", "optim.ema_decay=0.99",
         "--out", str(tmp_path / "study"),
     ])
-    assert cmd_scaling_study(args) == 0
+    assert scaling_study_cli.run(args) == 0
     assert len(calls) == 3  # baseline, compound, resolution
     assert all(c["overrides"] == ("optim.lr=0.015", "optim.ema_decay=0.99") for c in calls)
     assert all(c["steps"] == 7 and c["data"] == str(data) for c in calls)

@@ -13,9 +13,13 @@ from ..modeling.necks import NECKS
 from ..studies import ablation
 from ..studies.ablation import ABLATION_NECKS, FUSION_COMPARISON
 from ..studies.repeats import bound_settings
+from .options import add_out
+
+NAME = "ablate"
+HELP = "compare the feature networks (necks)"
 
 
-def add_ablate_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``efficientdet ablate``."""
     parser.add_argument(
         "--necks", nargs="+", default=list(ABLATION_NECKS), choices=sorted(NECKS), metavar="NECK",
@@ -44,8 +48,8 @@ def add_ablate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="validation images of the demo data (default: the demo's)")
     parser.add_argument("--train-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="training override on top of the demo recipe, repeatable")
-    parser.add_argument("--out", type=Path, default=Path("runs/ablation"), metavar="DIR",
-                        help="output directory (default: runs/ablation)")
+    add_out(parser, "output directory (default: runs/ablation)", default=Path("runs/ablation"),
+            kind=Path, metavar="DIR")
     parser.add_argument("--runs", type=int, default=5, metavar="N",
                         help="timed runs per model; median and fastest reported (default: 5)")
     parser.add_argument("--no-latency", action="store_true", help="skip the CPU timing")
@@ -81,7 +85,7 @@ def short_train_fn(args: argparse.Namespace) -> functools.partial[Any]:
     )
 
 
-def cmd_ablate(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run :func:`run_ablation` from parsed ``efficientdet ablate`` arguments."""
     command = " ".join(
         ["efficientdet ablate", "--necks", *args.necks, "--fusions", *args.fusions]

@@ -4,14 +4,16 @@ configuration (:func:`efficientdet.modeling.scaling.create_compound_model`)."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from ..modeling.scaling import BACKBONE_LADDERS, DEFAULT_BASE, create_compound_model
-from .options import add_image_size, image_size
+from .options import add_image_size, add_out, image_size, read_class_names
+
+NAME = "create"
+HELP = "build a compound-scaled model (any phi) and save it"
 
 
-def add_create_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``efficientdet create`` (a compound-scaled model saved with its config)."""
     parser.add_argument("--phi", type=float, required=True, help="compound coefficient, >= 0 (e.g. 2.5)")
     parser.add_argument("--base", default=DEFAULT_BASE, help="registered model that is the phi=0 point")
@@ -26,17 +28,10 @@ def add_create_arguments(parser: argparse.ArgumentParser) -> None:
     add_image_size(parser, "H [W] override")
     parser.add_argument("--pretrained-backbone", action="store_true", help="ImageNet backbone weights (needs timm's hub)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
-    parser.add_argument("--out", required=True, help="output .safetensors file")
+    add_out(parser, "output .safetensors file", required=True)
 
 
-def _read_names(path: str) -> list[str]:
-    names = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
-    if not names:
-        raise ValueError(f"{path}: no class names (one per line expected)")
-    return names
-
-
-def cmd_create(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Build the compound-scaled model of ``args`` and save it with its configuration."""
     import torch
 
@@ -49,7 +44,7 @@ def cmd_create(args: argparse.Namespace) -> int:
     size = image_size(args.image_size)
     if size is not None:
         overrides["image_size"] = size
-    class_names = _read_names(args.class_names) if args.class_names else None
+    class_names = read_class_names(args.class_names) if args.class_names else None
     num_classes = args.num_classes
     if class_names is not None and len(class_names) != num_classes:
         raise ValueError(f"{len(class_names)} class names for --num-classes {num_classes}")

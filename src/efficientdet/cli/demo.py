@@ -1,8 +1,10 @@
 """The main job behind ``make demo``: generate the bundled data, train EfficientDet-Lite0 from
-the ImageNet Lite0 backbone, evaluate, and write a report with pictures."""
+the ImageNet Lite0 backbone, evaluate, and write a report with pictures; and the
+``efficientdet demo`` command that runs it."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import time
@@ -19,8 +21,13 @@ from ..inference.loading import load_trained
 from ..inference.visualize import draw_detections, draw_ground_truth, make_grid
 from ..train import BEST_WEIGHTS, LAST_WEIGHTS, load_config, train
 from ..train.recipes import DEMO_RECIPE
+from .options import add_out
 
 log = logging.getLogger(__name__)
+
+NAME = "demo"
+HELP = "the main job: train Lite0 on the bundled data and report"
+
 
 @dataclass
 class DemoResult:
@@ -192,3 +199,22 @@ def run_demo(
         thresholds=evaluation.get("thresholds"),
     )
     return DemoResult(out, report, evaluation["metrics"], total / 60)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``efficientdet demo``."""
+    add_out(parser, "run folder with the report", default="runs/demo")
+    parser.add_argument("--data-dir", default="data/digit-scenes", help="where the demo data is written")
+    parser.add_argument("--minutes", type=float, default=10.5, help="training time budget")
+    parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="recipe override")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run :func:`run_demo` with the options of ``args`` and print the metrics and the report."""
+    result = run_demo(args.out, data_dir=args.data_dir, minutes=args.minutes, extra=args.set or [])
+    m = result.metrics
+    print(
+        f"demo finished in {result.minutes:.1f} min: validation AP {m['AP']:.3f}, AP50 {m['AP50']:.3f}\n"
+        f"report: {result.report}"
+    )
+    return 0

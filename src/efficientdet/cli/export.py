@@ -6,7 +6,10 @@ from __future__ import annotations
 import argparse
 
 from ..deploy.export import DEFAULT_OPSET, BatchSpec, export_onnx
-from .options import add_image_size, image_size
+from .options import add_batch_size, add_image_size, add_model, add_out, image_size
+
+NAME = "export"
+HELP = "export to ONNX (decoding and NMS inside unless --raw)"
 
 
 def _parse_batch(text: str) -> BatchSpec:
@@ -15,22 +18,23 @@ def _parse_batch(text: str) -> BatchSpec:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--batch takes 'dynamic' or a positive integer, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"--batch-size takes 'dynamic' or a positive integer, got {text!r}") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"--batch must be at least 1, got {value}")
+        raise argparse.ArgumentTypeError(f"--batch-size must be at least 1, got {value}")
     return value
 
 
-def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the ``efficientdet export`` options to ``parser`` (a subcommand's parser)."""
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``efficientdet export``."""
     parser.add_argument("--weights", help="trained checkpoint (.safetensors) or effdet state dict")
-    parser.add_argument("--model", help="architecture, when the weights file does not record it")
+    add_model(parser)
     parser.add_argument("--pretrained", action="store_true",
                         help="the published COCO weights of --model instead of --weights")
     parser.add_argument("--format", choices=["onnx"], default="onnx", help="export format")
-    parser.add_argument("--out", required=True, help="file to write, e.g. model.onnx")
+    add_out(parser, "file to write, e.g. model.onnx", required=True)
     add_image_size(parser)
-    parser.add_argument("--batch", type=_parse_batch, default=1, help="'dynamic' or a fixed batch size (default 1)")
+    add_batch_size(parser, "'dynamic' or a fixed batch size (default 1)", default=1,
+                   kind=_parse_batch, aliases=("--batch",))
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--with-nms", dest="with_nms", action="store_true", default=True,
                        help="decoding and NMS inside the graph: detections [B, max_det, 6] (default)")
@@ -42,11 +46,10 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("--iou-threshold", type=float, default=0.5)
     parser.add_argument("--pre-nms-top-k", type=int, default=5000)
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
-    return parser
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    """Run ``efficientdet export`` with arguments from :func:`add_export_arguments`."""
+def run(args: argparse.Namespace) -> int:
+    """Export the model of ``args`` and print what was written."""
     from ..inference.loading import load_model
 
     loaded = load_model(
@@ -56,7 +59,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     metadata = export_onnx(
         loaded.model,
         args.out,
-        batch=args.batch,
+        batch=args.batch_size,
         with_nms=args.with_nms,
         score_threshold=args.score_threshold,
         pre_nms_top_k=args.pre_nms_top_k,

@@ -9,9 +9,13 @@ import sys
 
 from ..modeling.scaling import BACKBONE_LADDERS, DEFAULT_BASE
 from ..studies.scaling_study import DIMENSIONS, StudySettings, markdown_table, run_study
+from .options import add_batch_size, add_out
+
+NAME = "scaling-study"
+HELP = "compound vs single-dimension scaling at matched FLOPs"
 
 
-def add_scaling_study_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``efficientdet scaling-study``."""
     parser.add_argument("--phis", type=float, nargs="+", default=[1.0, 2.0], metavar="PHI",
                         help="compound points to match (the phi=0 baseline is always included)")
@@ -25,7 +29,7 @@ def add_scaling_study_arguments(parser: argparse.ArgumentParser) -> None:
                         help="scale the baseline input and the 128 px step (0.5: D0 at 256 px)")
     parser.add_argument("--resolution-step", type=int, default=32, help="px per resolution-only step")
     parser.add_argument("--tolerance", type=float, default=0.05, help="flag FLOP matches further off")
-    parser.add_argument("--batch-size", type=int, default=1, help="latency batch")
+    add_batch_size(parser, "latency batch", default=1)
     parser.add_argument("--repeats", type=int, default=3, help="timed forward passes (0: no latency)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=max(1, min(2, os.cpu_count() or 1)))
@@ -41,10 +45,10 @@ def add_scaling_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, default=1,
                         help="trainings per configuration (seeds SEED..SEED+N-1); finished ones are "
                              "recorded, so the same command resumes")
-    parser.add_argument("--out", default="runs/scaling-study", help="output folder")
+    add_out(parser, "output folder", default="runs/scaling-study")
 
 
-def cmd_scaling_study(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run the study of ``args`` and print where its files are."""
     settings = StudySettings(
         phis=tuple(args.phis), base=args.base, neck=args.neck, backbone=args.backbone,

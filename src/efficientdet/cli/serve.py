@@ -6,15 +6,18 @@ import argparse
 import ipaddress
 import logging
 
-from .options import add_image_size, image_size
+from .options import DEVICE_ONNX_HELP, add_device, add_image_size, add_model, image_size
 
 log = logging.getLogger("efficientdet")
 
+NAME = "serve"
+HELP = "HTTP API (POST /predict) and web UI for a detector"
 
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``efficientdet serve`` (model, address, batching, limits)."""
     parser.add_argument("--weights", help="trained checkpoint (.safetensors), effdet state dict or .onnx export")
-    parser.add_argument("--model", help="architecture, when the weights file does not record it")
+    add_model(parser)
     parser.add_argument("--pretrained", action="store_true", help="the published COCO weights of --model")
     parser.add_argument("--backend", choices=["auto", "pytorch", "onnxruntime"], default="auto",
                         help="auto: ONNX Runtime for .onnx weights, PyTorch otherwise")
@@ -34,9 +37,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="detections scoring at or below this are not returned")
     parser.add_argument("--max-detections", type=int, default=100)
     add_image_size(parser)
-    parser.add_argument("--device", default="auto",
-                        help="auto (CUDA when PyTorch sees a GPU), cpu, cuda or cuda:N; for an "
-                        ".onnx file, ONNX Runtime's TensorRT / CUDA providers (onnxruntime-gpu)")
+    add_device(parser, DEVICE_ONNX_HELP)
     parser.add_argument("--optimize", action="store_true", help="PyTorch: fold BN, channels-last")
     parser.add_argument("--threads", type=int, help="ONNX Runtime threads (default: torch's)")
 
@@ -50,7 +51,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Load the model, build the app and serve it until interrupted."""
     from ..deploy.backends import build_predictor
     from ..deploy.server import ServerConfig, create_app, serve

@@ -331,7 +331,7 @@ def info_for_phi(
     phi: float, neck: str | None = None, *, base: str | ModelConfig = DEFAULT_BASE, **kwargs: Any
 ) -> dict[str, Any]:
     """What ``efficientdet info`` reports for a model, for the compound-scaled ``phi``
-    (the keys of ``cli._info_row``); parameters and multiply-adds from the meta device."""
+    (the keys of ``efficientdet info``'s rows, ``cli/info.py``); parameters and multiply-adds from the meta device."""
     return info_row(compound_config(phi, base=base, neck=neck, **kwargs))
 
 
