@@ -184,7 +184,7 @@ def test_sigterm_to_one_rank_stops_both_and_resume_ends_as_an_uninterrupted_run(
     exits 0, and ``--resume`` ends on the weights of a run that was never stopped. The
     uninterrupted run's evaluation is sharded over both processes; it must give the metrics
     of one process evaluating the saved weights."""
-    steps = 80
+    steps = 40
     options = [*TINY, f"data.train={tiny_demo.data_yaml}", f"data.val={tiny_demo.data_yaml}",
                f"run.max_steps={steps}", "run.eval_every=0", "optim.ema_decay=0"]
     stopped = tmp_path / "stopped"
@@ -242,6 +242,7 @@ def test_sigterm_to_one_rank_stops_both_and_resume_ends_as_an_uninterrupted_run(
     assert single.metrics["AP50"] > 0  # a metric that can differ
 
 
+@pytest.mark.slow  # it spends its half-minute budget by design; about 35 s
 def test_nproc_2_with_minutes_plans_once_and_ends_inside_the_budget(tiny_demo, tmp_path: Path) -> None:
     """``--nproc=2 --minutes N`` (the ``=`` spelling): rank 0 plans and times, both train on
     its plan, and the whole run (planning, caches, steps, evaluation) fits the budget."""
