@@ -63,3 +63,24 @@ def test_select_inputs_names_the_file_at_the_resume_point_and_counts():
     # Inputs added after the resume point are new work, not a change.
     more = list(select_inputs(["a.png", "b.png", "c.png", "d.png", "e.png"], resume=point))
     assert [x.index for x in more] == [3, 4]
+
+
+def test_the_output_folder_is_never_read_as_input(tmp_path: Path) -> None:
+    """An output folder inside the input tree: its pictures are not inputs (a resumed run
+    would otherwise see more files and a shifted order), and it cannot be an input folder."""
+    from PIL import Image
+
+    from efficientdet.inference.sources import iter_sources
+
+    data = tmp_path / "data"
+    (data / "a").mkdir(parents=True)
+    (data / "preds").mkdir()
+    for name in ("a/1.jpg", "a/2.jpg", "preds/1.jpg", "top.jpg"):
+        Image.new("RGB", (4, 4)).save(data / name)
+    glob = f"{data}/**/*.jpg"
+    every = [p.relative_to(data).as_posix() for p in iter_sources([glob])]
+    assert sorted(every) == ["a/1.jpg", "a/2.jpg", "preds/1.jpg", "top.jpg"]
+    kept = [p.relative_to(data).as_posix() for p in iter_sources([glob], exclude=data / "preds")]
+    assert kept == [name for name in every if not name.startswith("preds/")]
+    with pytest.raises(ValueError, match="both an input folder and the output folder"):
+        iter_sources([data / "a"], exclude=data / "a")

@@ -120,3 +120,12 @@ def test_out_on_train_without_minutes(tmp_path: Path, monkeypatch: pytest.Monkey
     (config,) = trained
     assert (config.run.out_dir, config.run.epochs, config.run.device) == (out, 2, "cpu")
     assert (config.data.train, config.data.val) == ("my.yaml", "my.yaml")
+
+
+@pytest.mark.parametrize("name", ["on", "1.5", "null", "a: b.yaml", "[x].yaml"])
+def test_data_paths_reach_the_config_as_text(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--data`` is a path whatever YAML would read in it (a boolean, a number, a mapping)."""
+    trained = _record_training(monkeypatch)
+    assert main(["train", "--data", name, "--device", "cpu"]) == 0
+    (config,) = trained
+    assert (config.data.train, config.data.val) == (name, name)

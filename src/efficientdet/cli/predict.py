@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     if not resume:  # only once the weights are accepted: a refusal writes nothing
         _store_predict_args(args)
     report = run_prediction(
-        predict_fn, iter_sources(args.sources), args.out, class_names=class_names,
+        predict_fn, iter_sources(args.sources, exclude=args.out), args.out, class_names=class_names,
         label_to_category_id=predictor.label_to_category_id, score_threshold=args.score_threshold,
         batch_size=args.batch_size, progress=not args.quiet, resume=resume, shard=shard,
         pictures=not args.no_pictures,

@@ -157,7 +157,8 @@ def _train_in(dist: Any, args: argparse.Namespace, overrides: list[str]) -> Any:
             print(recipe.describe(), flush=True)
         return train(config, dist=dist)
     if args.data is not None:
-        overrides = [f"data.train={args.data}", f"data.val={args.data}", *overrides]
+        data = json.dumps(str(args.data))  # a path, whatever YAML would make of it
+        overrides = [f"data.train={data}", f"data.val={data}", *overrides]
     config = load_config(args.config, overrides)
     if args.data is not None and config.run.time_budget_minutes is None and dist.is_main:
         log.warning(

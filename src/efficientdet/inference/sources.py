@@ -123,7 +123,9 @@ def _glob_media(text: str) -> Iterator[Path]:
             yield match
 
 
-def iter_sources(patterns: Iterable[str | Path]) -> Iterator[Path]:
+def iter_sources(
+    patterns: Iterable[str | Path], *, exclude: str | Path | None = None
+) -> Iterator[Path]:
     """Expand command-line inputs into the files to predict, lazily, in order, without
     duplicates.
 
@@ -146,11 +148,37 @@ def iter_sources(patterns: Iterable[str | Path]) -> Iterator[Path]:
 
     Args:
         patterns: paths, folders and glob patterns as typed by the user.
+        exclude: a folder whose files are never inputs, the run's output folder: inside the
+            input tree its pictures would otherwise be read back as inputs (and shift the
+            order a resumed run checks). It cannot be one of the input folders.
 
     Yields:
         Paths of the files, in the order of the patterns.
+
+    Raises:
+        ValueError: ``exclude`` is one of the folders named in ``patterns``.
     """
+    patterns = list(patterns)
+    skip = os.path.realpath(exclude) if exclude is not None else None
+    for pattern in patterns:  # before anything runs, not when the walk gets there
+        folder = os.path.expanduser(str(pattern))
+        if skip is not None and os.path.isdir(folder) and os.path.realpath(folder) == skip:
+            raise ValueError(
+                f"{pattern} is both an input folder and the output folder: the annotated "
+                "pictures would replace the inputs; give another --out"
+            )
+    return _walk_patterns(patterns, skip)
+
+
+def _walk_patterns(patterns: list[str | Path], skip: str | None) -> Iterator[Path]:
+    """:func:`iter_sources`' walk; files under ``skip`` (a real path) are left out."""
     seen: set[str] = set()
+
+    def excluded(path: Path) -> bool:
+        if skip is None:
+            return False
+        real = os.path.realpath(path)
+        return real == skip or real.startswith(skip + os.sep)
 
     def fresh(path: Path) -> bool:
         key = os.path.realpath(path) if path.exists() else str(path)
@@ -174,7 +202,7 @@ def iter_sources(patterns: Iterable[str | Path]) -> Iterator[Path]:
         empty = True
         for f in _folder_media(path) if path.is_dir() else _glob_media(text):
             empty = False
-            if fresh(f):
+            if not excluded(f) and fresh(f):
                 yield f
         if empty and path.is_dir():
             logger.warning("%s: folder has no image or video files", pattern)
