@@ -430,6 +430,18 @@ def train_section(args: argparse.Namespace, report: Report, clock: Clock, device
             report.add(Row("train", name, batch, times[name], base, note))
 
 
+def _add_rows(
+    report: Report, section: str, batch: int, names: list[str], times: dict[str, float],
+    errors: dict[str, str], base: float | None, note: str,
+) -> None:
+    """One row per timed variant against ``base`` (effdet's time), or its error."""
+    for name in names:
+        if name in errors:
+            report.add(Row(section, name, batch, note=errors[name], status="error"))
+        else:
+            report.add(Row(section, name, batch, times[name], base, note))
+
+
 def _free(device: torch.device) -> None:
     import gc
 
@@ -497,13 +509,8 @@ def inference_section(args: argparse.Namespace, report: Report, clock: Clock, mo
         candidates = int((torch.cat([c.flatten() for c in models.net(x)[0]]).float().sigmoid() > 0.001).sum())
         times, errors = clock.interleaved(fns, repeats=args.repeats, warmup=args.warmup)
     errors.update(build_errors)
-    base = times.get("effdet DetBenchPredict")
-    note = f"{args.infer_dtype} autocast; {candidates} scores > 0.001"
-    for name in [*fns, *build_errors]:
-        if name in errors:
-            report.add(Row("inference", name, batch, note=errors[name], status="error"))
-        else:
-            report.add(Row("inference", name, batch, times[name], base, note))
+    _add_rows(report, "inference", batch, [*fns, *build_errors], times, errors,
+              times.get("effdet DetBenchPredict"), f"{args.infer_dtype} autocast; {candidates} scores > 0.001")
 
 
 def compile_section(args: argparse.Namespace, report: Report, clock: Clock, models: Models,
@@ -666,13 +673,9 @@ def e2e_section(args: argparse.Namespace, report: Report, clock: Clock, models: 
     with torch.no_grad(), _autocast(device, dtype):
         times, errors = clock.interleaved(fns, repeats=args.repeats, warmup=args.warmup)
     errors.update(build_errors)
-    base = times.get("effdet transform + DetBenchPredict")
-    note = f"{batch} frames {width}x{height} uint8 in memory -> detections on the host; {args.infer_dtype}"
-    for name in [*fns, *build_errors]:
-        if name in errors:
-            report.add(Row("end to end", name, batch, note=errors[name], status="error"))
-        else:
-            report.add(Row("end to end", name, batch, times[name], base, note))
+    _add_rows(report, "end to end", batch, [*fns, *build_errors], times, errors,
+              times.get("effdet transform + DetBenchPredict"),
+              f"{batch} frames {width}x{height} uint8 in memory -> detections on the host; {args.infer_dtype}")
 
 
 # ---- main ------------------------------------------------------------------------------------

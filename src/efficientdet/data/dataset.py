@@ -14,6 +14,7 @@ go on with the next readable sample (training), or a blank image flagged in the 
 from __future__ import annotations
 
 import logging
+import os
 import random
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -278,8 +279,6 @@ def default_num_workers(processes_per_machine: int | None = None) -> int:
 
     On a 2-core machine one process gets 1 worker; 8 processes on 64 cores get 7 each.
     """
-    import os
-
     if processes_per_machine is None:
         processes_per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     try:
