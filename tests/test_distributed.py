@@ -50,7 +50,7 @@ def test_a_single_process_context_is_the_identity() -> None:
     assert ctx.sum([1.0, 2.0]) == [1.0, 2.0]
     assert ctx.any(True) and not ctx.any(False)
     assert ctx.broadcast({"a": 1}) == {"a": 1}
-    assert ctx.all_gather("x") == ["x"]
+    assert ctx.gather("x") == ["x"]
     assert ctx.shard(3) == [0, 1, 2]
 
 

@@ -3,7 +3,7 @@
 Nothing else in the package calls ``torch.distributed``. :class:`DistContext` holds the rank,
 the world size and the device of this process, and every collective the trainer needs:
 sums, a flag that is true on every rank when it is true on any, objects broadcast from rank 0
-or gathered from every rank. Tensors for collectives live on the context's device (CUDA under
+or gathered on rank 0. Tensors for collectives live on the context's device (CUDA under
 NCCL, which refuses CPU tensors; CPU under gloo). A single process has the same interface,
 with every collective the identity, so the trainer is written once.
 """
@@ -141,12 +141,12 @@ class DistContext:
             for tensor in tensors:
                 dist.broadcast(tensor, src=src)
 
-    def all_gather(self, obj: T) -> list[T]:
-        """Every rank's ``obj``, in rank order, on every rank."""
+    def gather(self, obj: T, dst: int = 0) -> list[T] | None:
+        """Every rank's ``obj``, in rank order, on rank ``dst``; None on the others."""
         if not self.enabled:
             return [obj]
-        out: list[Any] = [None] * self.world_size
-        dist.all_gather_object(out, obj)
+        out: list[Any] | None = [None] * self.world_size if self.rank == dst else None
+        dist.gather_object(obj, out, dst=dst)
         return out
 
     def barrier(self) -> None:

@@ -458,8 +458,8 @@ class Trainer:
     def save(self) -> None:
         """Write the training state and the (EMA) weights, each atomically. Every process
         calls it at the same step (it gathers each one's random state); rank 0 writes."""
-        rng = self.dist.all_gather(rng_state(self.device))
-        if not self.dist.is_main:
+        rng = self.dist.gather(rng_state(self.device))
+        if rng is None:  # not rank 0
             return
         # Serialised in memory first: a full disk then fails in a plain file write, with
         # OSError(ENOSPC) naming the file, not inside torch's zip writer.
@@ -737,9 +737,10 @@ class Trainer:
             num_workers=self.config.data.num_workers,
             indices=self.dist.shard(len(self.val_data)),
         )
-        gathered = self.dist.unshard(self.dist.all_gather(detections))
+        parts = self.dist.gather(detections)  # on rank 0 alone, which scores them
         scored: tuple[EvalResult, list[dict[str, Any]]] | None = None
-        if self.dist.is_main:
+        if parts is not None:
+            gathered = self.dist.unshard(parts)
             scored = score_detections(self.val_data, gathered, error_analysis=error_analysis)
         metrics = self.dist.broadcast(scored[0].metrics if scored is not None else None)
         self._train_mode()
