@@ -229,8 +229,12 @@ def test_metadata_round_trips(tiny) -> None:
         output="detections", batch=None, class_names=CLASS_NAMES,
         label_to_category_id=list(range(1, 91)), score_threshold=0.001, pre_nms_top_k=5000,
         max_detections=100, iou_threshold=0.5,
+        anchors={"num_scales": 3, "aspect_ratios": [[1.0, 1.0], [1.4, 0.7], [0.7, 1.4]],
+                 "anchor_scale": 4.0},
     )
     assert OnnxMetadata.from_props(meta.to_props()) == meta
+    assert OnnxMetadata.from_json(meta.to_json()) == meta
+    assert meta.anchor_config() == config.anchors
 
 
 def test_read_metadata_rejects_foreign_files(tmp_path) -> None:
@@ -408,7 +412,7 @@ def test_fixed_batch_file_runs_in_padded_chunks(tmp_path) -> None:
     onnx.save(proto, str(tmp_path / "chunks.onnx"))
     detector = OnnxDetector(tmp_path / "chunks.onnx")
     images = torch.arange(1.0, 4.0).view(3, 1, 1, 1).expand(3, 3, 8, 8).contiguous()
-    rows = detector.run(images.numpy())
+    (rows,) = detector.run(images.numpy())
     assert rows.shape == (3, 4, 6)
     assert rows[:, 0, 0].tolist() == [1.0, 2.0, 3.0]
     detections = detector.detect(images)

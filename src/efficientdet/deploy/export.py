@@ -18,16 +18,23 @@ constants; only the batch may be dynamic.
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..config import check_image_size
 from ..modeling.pretrained import unused_labels
+from .metadata import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    INPUT_NAME,
+    PREPROCESS_NOTE,
+    ExportMetadata,
+    build_metadata,
+    require_extra,
+)
 from .onnx_format import DETECTIONS_TENSOR, KIND_DETECTIONS, KIND_RAW, PAD_LABEL
 
 if TYPE_CHECKING:  # torch is imported where it is used: `efficientdet --help` stays quick
@@ -45,116 +52,22 @@ __all__ = [
     "FORMAT_VERSION",
     "INPUT_NAME",
     "PAD_LABEL",
+    "ExportMetadata",
     "OnnxMetadata",
     "export_onnx",
     "read_onnx_metadata",
 ]
 
-FORMAT_NAME = "efficientdet-onnx"
-FORMAT_VERSION = 1
-INPUT_NAME = "images"
 DEFAULT_OPSET = 18
-PREPROCESS_NOTE = (
-    "RGB; letterbox: scale = min(H / h, W / w), bilinear resize with antialias to "
-    "(round(h * scale), round(w * scale)) at the top-left; normalise (pixel / 255 - mean) / std "
-    "per channel; pad the rest of the H x W input with 0 (after normalisation); NCHW float32. "
-    "Boxes map back to the original image as box / scale."
-)
+# The ONNX file's metadata is every format's (the name is older than the other formats).
+OnnxMetadata = ExportMetadata
 
 BatchSpec = int | Literal["dynamic"]
 
 
 def require(module: str) -> Any:
     """Import one of the ONNX extras, or raise a RuntimeError saying how to install them."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as err:
-        raise RuntimeError(
-            f"ONNX export and ONNX Runtime need {module!r}, which is not installed: "
-            "pip install 'efficientdet[onnx]' (onnx, onnxscript, onnxruntime)"
-        ) from err
-
-
-# ---- metadata --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class OnnxMetadata:
-    """What an exported file says about itself (its ``metadata_props``).
-
-    Attributes:
-        format_version: :data:`FORMAT_VERSION` of the writer.
-        model_name: registry name of the architecture.
-        image_size: ``(H, W)`` the graph takes.
-        mean, std: per-channel normalisation in 0..1 pixel units.
-        num_classes: C; labels are ``0..C-1``.
-        levels: pyramid levels of the raw outputs.
-        output: ``"detections"`` (decoding and NMS inside) or ``"raw"``.
-        batch: the fixed batch size, or ``None`` for a dynamic batch.
-        class_names: names by label, if known.
-        label_to_category_id: dataset category id by label, if known.
-        score_threshold, pre_nms_top_k, max_detections, iou_threshold: the in-graph
-            post-processing (``None`` for raw exports).
-        pad_label: class value of padding rows.
-        preprocess: how to make the input, in words.
-    """
-
-    format_version: int
-    model_name: str
-    image_size: tuple[int, int]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    num_classes: int
-    levels: tuple[int, ...]
-    output: str
-    batch: int | None
-    class_names: list[str] | None = None
-    label_to_category_id: list[int] | None = None
-    score_threshold: float | None = None
-    pre_nms_top_k: int | None = None
-    max_detections: int | None = None
-    iou_threshold: float | None = None
-    pad_label: int = PAD_LABEL
-    preprocess: str = PREPROCESS_NOTE
-
-    def to_props(self) -> dict[str, str]:
-        """``metadata_props`` entries: every value JSON-encoded, plus the format name."""
-        props = {"format": json.dumps(FORMAT_NAME)}
-        for name in self.__dataclass_fields__:
-            props[name] = json.dumps(getattr(self, name))
-        return props
-
-    @classmethod
-    def from_props(cls, props: Mapping[str, str], source: str = "ONNX file") -> OnnxMetadata:
-        """Parse ``metadata_props`` written by :meth:`to_props`; raises ``ValueError``."""
-        try:
-            fmt = json.loads(props.get("format", "null"))
-        except ValueError:
-            fmt = None
-        if fmt != FORMAT_NAME:
-            raise ValueError(
-                f"{source}: not an efficientdet export (no metadata format {FORMAT_NAME!r}); "
-                "export it with `efficientdet export`"
-            )
-        try:
-            values = {k: json.loads(props[k]) for k in cls.__dataclass_fields__ if k in props}
-        except ValueError as err:
-            raise ValueError(f"{source}: unreadable metadata: {err}") from err
-        version = int(values.get("format_version", 0))
-        if version > FORMAT_VERSION:
-            raise ValueError(
-                f"{source}: written by a newer efficientdet (ONNX format {version}, this version "
-                f"reads up to {FORMAT_VERSION}); upgrade the package"
-            )
-        for key in ("image_size", "mean", "std", "levels"):
-            if key in values:
-                values[key] = tuple(values[key])
-        try:
-            return cls(**values)
-        except TypeError as err:
-            raise ValueError(f"{source}: incomplete metadata: {err}") from err
+    return require_extra(module, "ONNX export and ONNX Runtime")
 
 
 def read_onnx_metadata(path: str | Path) -> OnnxMetadata:
@@ -231,10 +144,6 @@ def export_onnx(
     config = model_config(model)
     size_hw = _input_size(image_size, config)
     fixed_batch = _check_batch(batch)
-    if class_names is not None and len(class_names) != config.num_classes:
-        raise ValueError(
-            f"{len(class_names)} class names for a model with {config.num_classes} classes"
-        )
     wrapper: nn.Module
     if with_nms:
         wrapper = DetectionExport(
@@ -250,24 +159,10 @@ def export_onnx(
     else:
         wrapper = RawExport(model)
         output_names = [f"{kind}_P{lv}" for kind in ("class", "box") for lv in config.levels]
-    metadata = OnnxMetadata(
-        format_version=FORMAT_VERSION,
-        model_name=config.name,
-        image_size=size_hw,
-        mean=config.mean,
-        std=config.std,
-        num_classes=config.num_classes,
-        levels=config.levels,
-        output=KIND_DETECTIONS if with_nms else KIND_RAW,
-        batch=fixed_batch,
-        class_names=list(class_names) if class_names is not None else None,
-        label_to_category_id=(
-            [int(i) for i in label_to_category_id] if label_to_category_id is not None else None
-        ),
-        score_threshold=float(score_threshold) if with_nms else None,
-        pre_nms_top_k=int(pre_nms_top_k) if with_nms else None,
-        max_detections=int(max_detections) if with_nms else None,
-        iou_threshold=float(iou_threshold) if with_nms else None,
+    metadata = build_metadata(
+        config, size_hw, with_nms=with_nms, batch=fixed_batch, class_names=class_names,
+        label_to_category_id=label_to_category_id, score_threshold=score_threshold,
+        pre_nms_top_k=pre_nms_top_k, max_detections=max_detections, iou_threshold=iou_threshold,
     )
     proto = _trace_to_onnx(model, wrapper, size_hw, fixed_batch, output_names, opset)
     _set_metadata(proto, metadata)

@@ -1,9 +1,9 @@
-"""Run an exported model in ONNX Runtime with the same interface as ``Detector.predict``.
+"""Run an ONNX export in ONNX Runtime.
 
-:class:`OnnxDetector` reads the file's metadata (input size, mean, std, class names; see
-:mod:`efficientdet.deploy.export`), letterboxes images with :func:`efficientdet.detection.transform.preprocess_batch`
-exactly as the PyTorch path does, runs the graph (decoding and NMS inside) and maps the boxes
-back to each image's original pixels with :func:`efficientdet.detection.transform.scale_boxes_to_original`.
+:class:`OnnxRunner` is the ONNX :class:`~efficientdet.deploy.exported.Runner`: a session on the
+file and its metadata (input size, mean, std, class names; see :mod:`efficientdet.deploy.export`).
+:class:`OnnxDetector` is the :class:`~efficientdet.deploy.exported.ExportedDetector` on one:
+the same letterbox, post-processing and output as ``Detector.predict``.
 
 :func:`onnx_providers` turns ``--device`` into ONNX Runtime's execution providers: the one
 place that chooses them, for every session that predicts.
@@ -18,19 +18,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
-from ..detection.transform import ImageSource, as_sources, preprocess_batch, scale_boxes_to_original
 from ..devices import parse_device
-from ..modeling.pretrained import unused_labels
-from .export import OnnxMetadata, require
-from .onnx_format import KIND_DETECTIONS
+from .exported import ExportedDetector
+from .metadata import ExportMetadata
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OnnxDetector", "onnx_providers"]
+__all__ = ["OnnxDetector", "OnnxRunner", "onnx_providers"]
 
-Detections = list[dict[str, Tensor]]
 # An ONNX Runtime execution provider: its name, or its name and options.
 Provider = str | tuple[str, dict[str, Any]]
 
@@ -58,7 +54,7 @@ def onnx_providers(device: str | torch.device = "auto") -> list[Provider]:
             or CUDA asked for with an onnxruntime built without it (the CPU-only
             ``onnxruntime`` package, not ``onnxruntime-gpu``).
     """
-    ort = require("onnxruntime")
+    ort = _require("onnxruntime")
     available = set(ort.get_available_providers())
     if _is_auto(device):
         if CUDA_PROVIDER not in available or not torch.cuda.is_available():
@@ -87,26 +83,24 @@ def onnx_providers(device: str | torch.device = "auto") -> list[Provider]:
     return [*first, (CUDA_PROVIDER, dict(on_gpu)), CPU_PROVIDER]
 
 
-class OnnxDetector:
-    """An exported detector (``export_onnx(..., with_nms=True)``) in ONNX Runtime.
+def _require(module: str) -> Any:
+    from .metadata import require_extra
+
+    return require_extra(module, "ONNX Runtime")
+
+
+class OnnxRunner:
+    """An ONNX export loaded in ONNX Runtime (an :class:`~efficientdet.deploy.exported.Runner`).
 
     Args:
         path: the ``.onnx`` file.
-        threads: ONNX Runtime intra-op threads (default: ``torch.get_num_threads()``).
+        threads: intra-op threads (default: ``torch.get_num_threads()``).
         device: where the graph runs: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``
-            (:func:`onnx_providers`). Pre- and post-processing stay on the CPU.
+            (:func:`onnx_providers`).
         providers: execution providers, in place of ``device``'s.
-        score_threshold: keep detections scoring above this; it can only raise the file's own
-            threshold (a lower one logs a warning). Default: the file's.
-        max_detections: keep at most this many per image, up to the file's own number.
-
-    ``predict(images)`` and ``detect(batch)`` return what ``Detector.predict`` and
-    ``Detector.detect`` return: per image ``{"boxes": Tensor[K, 4] xyxy, "scores": Tensor[K],
-    "labels": Tensor[K] int64}``, best first. Rows whose label the file's class names call
-    ``N/A`` (COCO's unused ids in an export of a published model; ``suppressed_labels``) are
-    dropped. In the graph they can still take top-k places (its NMS is class-aware, so they
-    suppress no box of another class); they never come out.
     """
+
+    runtime = "onnxruntime"
 
     def __init__(
         self,
@@ -115,10 +109,8 @@ class OnnxDetector:
         threads: int | None = None,
         device: str | torch.device = "cpu",
         providers: Sequence[Provider] | None = None,
-        score_threshold: float | None = None,
-        max_detections: int | None = None,
     ) -> None:
-        ort = require("onnxruntime")
+        ort = _require("onnxruntime")
 
         self.path = Path(path)
         if not self.path.is_file():
@@ -134,28 +126,8 @@ class OnnxDetector:
             raise ValueError(f"{self.path}: ONNX Runtime cannot load the file ({err})") from err
         self._check_providers(wanted, explicit=providers is not None or not _is_auto(device))
         props = self.session.get_modelmeta().custom_metadata_map
-        self.metadata = OnnxMetadata.from_props(props, str(self.path))
-        if self.metadata.output != KIND_DETECTIONS:
-            raise ValueError(
-                f"{self.path}: a raw export (per-level head outputs); prediction needs an export "
-                "with decoding and NMS inside (`efficientdet export` without --raw)"
-            )
+        self.metadata = ExportMetadata.from_props(props, str(self.path))
         self.input_name = self.session.get_inputs()[0].name
-        file_threshold = float(self.metadata.score_threshold or 0.0)
-        file_max = int(self.metadata.max_detections or 0)
-        if score_threshold is not None and score_threshold < file_threshold:
-            log.warning(
-                "%s keeps only detections scoring above %g (set at export); asked for %g",
-                self.path, file_threshold, score_threshold,
-            )
-        if max_detections is not None and max_detections > file_max:
-            log.warning(
-                "%s gives at most %d detections per image (set at export); asked for %d",
-                self.path, file_max, max_detections,
-            )
-        self.score_threshold = max(file_threshold, score_threshold or 0.0)
-        self.max_detections = min(file_max, max_detections or file_max)
-        self.suppressed_labels = unused_labels(self.metadata.class_names)
 
     def _check_providers(self, wanted: list[Provider], *, explicit: bool) -> None:
         """Refuse (asked for) or log (``auto``) a session that fell back from the GPU to the
@@ -174,75 +146,39 @@ class OnnxDetector:
             raise ValueError(problem)
         log.warning("%s", problem)
 
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return self.metadata.image_size
+    def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
+        """The graph's outputs for ``batch: float32[B, 3, H, W]``."""
+        return [np.asarray(out) for out in self.session.run(None, {self.input_name: batch})]
 
-    @property
-    def class_names(self) -> list[str] | None:
-        return self.metadata.class_names
 
-    @property
-    def num_classes(self) -> int:
-        return self.metadata.num_classes
+class OnnxDetector(ExportedDetector):
+    """An ONNX export in ONNX Runtime with the interface of ``Detector``.
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        """The raw graph output for ``batch: float32[B, 3, H, W]``: ``float32[B, D, 6]``.
+    Args:
+        path: the ``.onnx`` file.
+        threads, device, providers: :class:`OnnxRunner`'s.
+        score_threshold, max_detections, nms: :class:`~efficientdet.deploy.exported.ExportedDetector`'s.
 
-        A file exported with a fixed batch size is run in chunks of that size, the last one
-        padded with zero images.
-        """
-        fixed = self.metadata.batch
-        if fixed is None or batch.shape[0] == fixed:
-            return np.asarray(self.session.run(None, {self.input_name: batch})[0])
-        chunks = []
-        for start in range(0, batch.shape[0], fixed):
-            chunk = batch[start : start + fixed]
-            count = chunk.shape[0]
-            if count < fixed:
-                pad = np.zeros((fixed - count, *chunk.shape[1:]), dtype=chunk.dtype)
-                chunk = np.concatenate([chunk, pad])
-            chunks.append(np.asarray(self.session.run(None, {self.input_name: chunk})[0])[:count])
-        return np.concatenate(chunks)
+    A raw export (``--raw``) is decoded by the package's own post-processing.
+    """
 
-    def detect(self, images: Tensor) -> Detections:
-        """Detections in input pixels for normalised network inputs ``Tensor[B, 3, H, W]``."""
-        size = tuple(int(s) for s in images.shape[-2:])
-        if images.dim() != 4 or images.shape[1] != 3 or size != self.image_size:
-            raise ValueError(
-                f"{self.path} takes Tensor[B, 3, {self.image_size[0]}, {self.image_size[1]}], "
-                f"got shape {tuple(images.shape)}"
-            )
-        if images.shape[0] == 0:
-            return []
-        rows = torch.from_numpy(
-            self.run(np.ascontiguousarray(images.detach().cpu().float().numpy()))
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        threads: int | None = None,
+        device: str | torch.device = "cpu",
+        providers: Sequence[Provider] | None = None,
+        score_threshold: float | None = None,
+        max_detections: int | None = None,
+        nms: str = "hard",
+    ) -> None:
+        runner = OnnxRunner(path, threads=threads, device=device, providers=providers)
+        super().__init__(
+            runner, score_threshold=score_threshold, max_detections=max_detections, nms=nms
         )
-        suppressed = torch.tensor(self.suppressed_labels, dtype=rows.dtype)
-        results = []
-        for image_rows in rows:
-            keep = (image_rows[:, 5] >= 0) & (image_rows[:, 4] > self.score_threshold)
-            keep &= ~torch.isin(image_rows[:, 5], suppressed)
-            kept = image_rows[keep][: self.max_detections]
-            results.append(
-                {"boxes": kept[:, :4], "scores": kept[:, 4], "labels": kept[:, 5].long()}
-            )
-        return results
 
-    def predict(self, images: ImageSource | Sequence[ImageSource]) -> Detections:
-        """Detect objects in image files, ``PIL`` images, arrays or tensors.
-
-        Same pre-processing and output as :meth:`efficientdet.detection.detector.Detector.predict`:
-        boxes ``Tensor[K, 4]`` xyxy in each image's original pixels.
-        """
-        sources = as_sources(images)
-        if not sources:
-            return []
-        meta = self.metadata
-        batch, infos = preprocess_batch(sources, meta.image_size, meta.mean, meta.std)
-        detections = self.detect(batch)
-        for det, info in zip(detections, infos, strict=True):
-            det["boxes"] = scale_boxes_to_original(det["boxes"], info)
-        return detections
-
-    __call__ = predict
+    @property
+    def session(self) -> Any:
+        """The ONNX Runtime ``InferenceSession``."""
+        return self.runner.session  # type: ignore[attr-defined]
