@@ -524,7 +524,9 @@ def test_export_arguments() -> None:
     assert parser.parse_args(["--weights", "w", "--out", "o", "--batch", "4"]).batch_size == 4
     # --batch-size, as on every other command; --batch kept.
     assert parser.parse_args(["--weights", "w", "--out", "o", "--batch-size", "dynamic"]).batch_size == "dynamic"
-    assert parser.parse_args(["--weights", "w", "--out", "o"]).with_nms is True
+    # No choice given: the format's own (NMS inside for ONNX and OpenVINO, raw for LiteRT).
+    assert parser.parse_args(["--weights", "w", "--out", "o"]).with_nms is None
+    assert parser.parse_args(["--weights", "w", "--out", "o", "--with-nms"]).with_nms is True
     with pytest.raises(SystemExit):
         parser.parse_args(["--weights", "w", "--out", "o", "--batch", "0"])
     with pytest.raises(SystemExit):

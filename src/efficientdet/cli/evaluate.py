@@ -6,10 +6,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .options import (
     PRETRAINED_HELP,
+    WEIGHTS_HELP,
+    add_backend,
     add_batch_size,
     add_device,
     add_image_size,
@@ -26,7 +28,8 @@ HELP = "COCO metrics of trained weights on a dataset"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``efficientdet eval``."""
-    parser.add_argument("--weights", help="trained checkpoint (.safetensors) or effdet state dict")
+    parser.add_argument("--weights", help=WEIGHTS_HELP)
+    add_backend(parser)
     parser.add_argument("--data", required=True)
     parser.add_argument("--split", default="val")
     add_model(parser)
@@ -44,44 +47,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Evaluate, print the metrics and write the outputs; 1 when some images were unreadable."""
     from ..data import load_dataset
-    from ..detection.detector import Detector
-    from ..devices import resolve_device
     from ..inference.evaluate import (
         evaluate_detector,
         format_metrics,
         match_label_space,
         write_eval_outputs,
     )
-    from ..inference.loading import load_model
 
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise NotADirectoryError(f"{args.out}: --out exists and is not a folder")
-    device = resolve_device(args.device)
-    loaded = load_model(
-        args.weights, model_name=args.model, pretrained=args.pretrained,
-        image_size=image_size(args.image_size),
-    )
+    subject = _exported(args) if _is_export(args) else _pytorch(args)
     # COCO reads its own categories; a pretrained model's 90 names are no class table for VOC/YOLO.
     data = load_dataset(
-        args.data, args.split, class_names=None if args.pretrained else loaded.class_names
+        args.data, args.split, class_names=None if args.pretrained else subject.class_names
     )
     label_to_category_id = match_label_space(
-        loaded.class_names, loaded.label_to_category_id, loaded.model.config.num_classes, data,
+        subject.class_names, subject.label_to_category_id, subject.num_classes, data,
         source=args.weights or f"{args.model} (pretrained)", data_source=args.data,
     )
-    detector: Any = Detector(
-        loaded.model, nms=args.nms, max_detections=args.max_detections,
-        suppressed_labels=loaded.suppressed_labels,
-    ).to(device)
-    tta = tta_config(args)
-    if tta is not None:
-        from ..inference.tta import TTADetector
-
-        detector = TTADetector(detector, tta)
-    cfg = loaded.model.config
     result, results = evaluate_detector(
-        detector, data, image_size=cfg.image_size, mean=cfg.mean, std=cfg.std,
-        batch_size=args.batch_size, device=device, progress=sys.stderr.isatty(),
+        subject.detect, data, image_size=subject.image_size, mean=subject.mean, std=subject.std,
+        batch_size=args.batch_size, device=subject.device, progress=sys.stderr.isatty(),
         label_to_category_id=label_to_category_id,
     )
     print(format_metrics(result))
@@ -93,3 +79,71 @@ def run(args: argparse.Namespace) -> int:
     for problem in result.unreadable:
         print(f"  failed: {problem}", file=sys.stderr)
     return 1 if result.unreadable else 0
+
+
+class _Subject(NamedTuple):
+    """What ``eval`` runs: a detector of normalised batches and what it says about itself."""
+
+    detect: Any  # nn.Module or Callable[[Tensor], detections]
+    class_names: list[str] | None
+    label_to_category_id: list[int] | None
+    num_classes: int
+    image_size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    device: Any
+
+
+def _is_export(args: argparse.Namespace) -> bool:
+    from ..deploy.backends import resolve_backend
+
+    return not args.pretrained and resolve_backend(args.weights or "", args.backend) != "pytorch"
+
+
+def _exported(args: argparse.Namespace) -> _Subject:
+    """An exported file (ONNX, OpenVINO, LiteRT) in its runtime."""
+    from ..deploy.backends import resolve_backend
+    from ..deploy.runtimes import load_exported
+
+    if tta_config(args) is not None:
+        raise ValueError("--tta needs the PyTorch backend: an export runs one fixed input size")
+    if args.weights is None:
+        raise ValueError(f"--backend {args.backend} evaluates an exported file: give --weights")
+    detector = load_exported(
+        args.weights, resolve_backend(args.weights, args.backend), device=args.device,
+        score_threshold=0.001, max_detections=args.max_detections, nms=args.nms,
+    )
+    meta = detector.metadata
+    if args.image_size and tuple(image_size(args.image_size) or ()) != meta.image_size:
+        raise ValueError(f"{args.weights} was exported for {meta.image_size[0]}x{meta.image_size[1]}")
+    return _Subject(
+        detector.detect, meta.class_names, meta.label_to_category_id, meta.num_classes,
+        meta.image_size, meta.mean, meta.std, "cpu",
+    )
+
+
+def _pytorch(args: argparse.Namespace) -> _Subject:
+    """Trained or pretrained weights in PyTorch, with test-time augmentation if asked."""
+    from ..detection.detector import Detector
+    from ..devices import resolve_device
+    from ..inference.loading import load_model
+
+    device = resolve_device(args.device)
+    loaded = load_model(
+        args.weights, model_name=args.model, pretrained=args.pretrained,
+        image_size=image_size(args.image_size),
+    )
+    detector: Any = Detector(
+        loaded.model, nms=args.nms, max_detections=args.max_detections,
+        suppressed_labels=loaded.suppressed_labels,
+    ).to(device)
+    tta = tta_config(args)
+    if tta is not None:
+        from ..inference.tta import TTADetector
+
+        detector = TTADetector(detector, tta)
+    cfg = loaded.model.config
+    return _Subject(
+        detector, loaded.class_names, loaded.label_to_category_id, cfg.num_classes,
+        cfg.image_size, cfg.mean, cfg.std, device,
+    )

@@ -130,3 +130,19 @@ def read_class_names(path: str) -> list[str]:
     if not names:
         raise ValueError(f"{path}: no class names (one per line expected)")
     return names
+
+
+WEIGHTS_HELP = (
+    "trained checkpoint (.safetensors), effdet state dict, or an export: .onnx (ONNX Runtime), "
+    ".xml (OpenVINO), .tflite (LiteRT)"
+)
+BACKEND_CHOICES = ("auto", "pytorch", "onnxruntime", "openvino", "litert")
+
+
+def add_backend(parser: argparse.ArgumentParser) -> None:
+    """``--backend``: which runtime runs ``--weights`` (default by the file's suffix)."""
+    parser.add_argument(
+        "--backend", choices=BACKEND_CHOICES, default="auto",
+        help="auto: by --weights' suffix (.onnx ONNX Runtime, .xml OpenVINO, .tflite LiteRT), "
+        "PyTorch otherwise",
+    )

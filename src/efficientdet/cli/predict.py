@@ -12,6 +12,8 @@ from typing import Any
 from .options import (
     DEVICE_ONNX_HELP,
     PRETRAINED_HELP,
+    WEIGHTS_HELP,
+    add_backend,
     add_batch_size,
     add_device,
     add_image_size,
@@ -37,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("sources", nargs="*", metavar="SOURCE",
                    help="image files, folders, globs (** recurses), videos; read lazily, in "
                    "sorted order per folder")
-    p.add_argument("--weights", help="trained checkpoint (.safetensors), effdet state dict or .onnx export")
+    p.add_argument("--weights", help=WEIGHTS_HELP)
     add_model(p)
     p.add_argument("--pretrained", action="store_true", help=PRETRAINED_HELP)
     p.add_argument("--classes", help="text file with one class name per line")
@@ -59,8 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--no-pictures", action="store_true",
                    help="write only the records (predictions.jsonl, predictions.json): no "
                    "annotated pictures or videos")
-    p.add_argument("--backend", choices=["auto", "pytorch", "onnxruntime"], default="auto",
-                   help="auto: ONNX Runtime for .onnx weights, PyTorch otherwise")
+    add_backend(p)
     p.add_argument("--optimize", action="store_true",
                    help="PyTorch: fold BN, channels-last (same detections, faster on CPU)")
     p.add_argument("--tile", type=positive_int, metavar="SIZE",

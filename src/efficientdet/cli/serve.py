@@ -6,7 +6,15 @@ import argparse
 import ipaddress
 import logging
 
-from .options import DEVICE_ONNX_HELP, add_device, add_image_size, add_model, image_size
+from .options import (
+    DEVICE_ONNX_HELP,
+    WEIGHTS_HELP,
+    add_backend,
+    add_device,
+    add_image_size,
+    add_model,
+    image_size,
+)
 
 log = logging.getLogger("efficientdet")
 
@@ -16,11 +24,10 @@ HELP = "HTTP API (POST /predict) and web UI for a detector"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``efficientdet serve`` (model, address, batching, limits)."""
-    parser.add_argument("--weights", help="trained checkpoint (.safetensors), effdet state dict or .onnx export")
+    parser.add_argument("--weights", help=WEIGHTS_HELP)
     add_model(parser)
     parser.add_argument("--pretrained", action="store_true", help="the published COCO weights of --model")
-    parser.add_argument("--backend", choices=["auto", "pytorch", "onnxruntime"], default="auto",
-                        help="auto: ONNX Runtime for .onnx weights, PyTorch otherwise")
+    add_backend(parser)
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000)

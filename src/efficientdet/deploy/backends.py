@@ -1,6 +1,6 @@
 """One predictor for ``efficientdet predict`` (and any caller) from a weights file, whatever
-runs it: the PyTorch :class:`~efficientdet.detection.detector.Detector` or ONNX Runtime on an
-export (:class:`~efficientdet.deploy.onnx_backend.OnnxDetector`).
+runs it: the PyTorch :class:`~efficientdet.detection.detector.Detector`, or an export in ONNX
+Runtime, OpenVINO or LiteRT (:class:`~efficientdet.deploy.exported.ExportedDetector`).
 
 :func:`build_predictor` turns a weights file and the command line's options into the
 ``predict_fn`` that :func:`efficientdet.inference.predict.run_prediction` takes: for a plain
@@ -21,11 +21,12 @@ from torch import Tensor
 from ..devices import resolve_device
 from ..inference.predictor import LetterboxPredictor
 from ..inference.tta import TTAConfig, TTADetector
-from .onnx_backend import OnnxDetector
+from .exported import RUNTIMES, runtime_for
+from .runtimes import load_exported
 
 __all__ = ["BACKENDS", "Predictor", "build_predictor", "resolve_backend"]
 
-BACKENDS = ("auto", "pytorch", "onnxruntime")
+BACKENDS = ("auto", "pytorch", *RUNTIMES)
 Detections = list[dict[str, Tensor]]
 
 
@@ -39,11 +40,12 @@ class Predictor(NamedTuple):
 
 
 def resolve_backend(weights: str | Path, backend: str = "auto") -> str:
-    """``"pytorch"`` or ``"onnxruntime"``; ``"auto"`` picks ONNX Runtime for ``.onnx`` files."""
+    """``"pytorch"`` or an export's runtime; ``"auto"`` picks by the file's suffix (``.onnx``:
+    ONNX Runtime, ``.xml``: OpenVINO, ``.tflite``: LiteRT, anything else: PyTorch)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r} is not one of {', '.join(map(repr, BACKENDS))}")
     if backend == "auto":
-        return "onnxruntime" if Path(weights).suffix.lower() == ".onnx" else "pytorch"
+        return runtime_for(weights) or "pytorch"
     return backend
 
 
@@ -61,13 +63,15 @@ def build_predictor(
     optimize: bool = False,
     threads: int | None = None,
     tta: TTAConfig | None = None,
+    precision: str | None = None,
 ) -> Predictor:
     """A ``predict_fn(images: list[PIL.Image]) -> list[dict]`` for :func:`run_prediction`.
 
     Args:
-        weights: a checkpoint (PyTorch backend) or an exported ``.onnx`` file; None with
-            ``pretrained``.
-        backend: ``"pytorch"``, ``"onnxruntime"`` or ``"auto"`` (by the file's suffix).
+        weights: a checkpoint (PyTorch backend) or an exported ``.onnx``, ``.xml``
+            (OpenVINO) or ``.tflite`` (LiteRT) file; None with ``pretrained``.
+        backend: ``"pytorch"``, ``"onnxruntime"``, ``"openvino"``, ``"litert"`` or ``"auto"``
+            (by the file's suffix).
         model_name: architecture for weights files that do not record it (PyTorch only; for
             ONNX it must match the file's).
         pretrained: the published COCO weights of ``model_name`` (PyTorch backend), with
@@ -75,47 +79,26 @@ def build_predictor(
         image_size: network input ``(H, W)`` (PyTorch: any; ONNX: must be the exported one).
         score_threshold: detections scoring at or below this are dropped.
         max_detections: detections per image.
-        nms: ``"hard"`` or ``"soft"`` (soft-NMS: PyTorch only; exports run hard NMS).
+        nms: ``"hard"`` or ``"soft"`` (soft-NMS: PyTorch and raw exports; exports with NMS
+            inside run hard NMS).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (CUDA when available):
             the PyTorch device (:func:`efficientdet.devices.resolve_device`), or ONNX Runtime's
             execution providers (:func:`~efficientdet.deploy.onnx_backend.onnx_providers`).
         optimize: PyTorch only: run :func:`efficientdet.modeling.optimize.optimize_for_inference`.
-        threads: ONNX Runtime threads (default ``torch.get_num_threads()``).
+        threads: the export runtime's threads (default ``torch.get_num_threads()``).
         tta: PyTorch only: test-time augmentation (:class:`~efficientdet.inference.tta.TTADetector`).
+        precision: OpenVINO's inference precision hint (``"bf16"``, ``"f32"``).
 
     Returns:
         A :class:`Predictor` ``(predict_fn, class_names, label_to_category_id, num_classes)``.
     """
     kind = "pytorch" if pretrained and backend == "auto" else resolve_backend(weights or "", backend)
-    if kind == "onnxruntime":
-        if weights is None:
-            raise ValueError(
-                "the onnxruntime backend runs an exported .onnx file: export the pretrained "
-                "model first (`efficientdet export --model NAME --pretrained --out model.onnx`)"
-            )
-        if nms != "hard":
-            raise ValueError(
-                f"--nms {nms} needs the PyTorch backend: an ONNX export runs hard NMS in its graph"
-            )
-        if tta is not None:
-            raise ValueError(
-                "--tta needs the PyTorch backend: an ONNX export runs one fixed input size"
-            )
-        onnx_detector = OnnxDetector(
-            weights, threads=threads, device=device, score_threshold=score_threshold,
-            max_detections=max_detections,
+    if kind != "pytorch":
+        return _export_predictor(
+            weights, kind, model_name=model_name, image_size=image_size,
+            score_threshold=score_threshold, max_detections=max_detections, nms=nms,
+            device=device, threads=threads, tta=tta, precision=precision,
         )
-        meta = onnx_detector.metadata
-        if model_name is not None and model_name != meta.model_name:
-            raise ValueError(f"{weights} holds {meta.model_name!r}, not {model_name!r}")
-        if image_size is not None and tuple(image_size) != meta.image_size:
-            raise ValueError(
-                f"{weights} was exported for {meta.image_size[0]}x{meta.image_size[1]} inputs; "
-                "export again with --image-size to run at another size"
-            )
-        letterboxed = LetterboxPredictor(onnx_detector.detect, meta.image_size, meta.mean, meta.std)
-        return Predictor(letterboxed, meta.class_names, meta.label_to_category_id, meta.num_classes)
-
     from ..detection.detector import Detector
     from ..inference.loading import load_model
 
@@ -159,3 +142,41 @@ def _detect_on(detector: torch.nn.Module, device: torch.device) -> Callable[[Ten
         return detections
 
     return detect
+
+
+def _export_predictor(
+    weights: str | Path | None,
+    runtime: str,
+    *,
+    model_name: str | None,
+    image_size: tuple[int, int] | None,
+    score_threshold: float,
+    max_detections: int,
+    nms: str,
+    device: str | torch.device,
+    threads: int | None,
+    tta: TTAConfig | None,
+    precision: str | None,
+) -> Predictor:
+    """:func:`build_predictor` for an exported file in ``runtime``."""
+    if weights is None:
+        raise ValueError(
+            f"the {runtime} backend runs an exported file: export the pretrained model first "
+            "(`efficientdet export --model NAME --pretrained --out model.onnx`)"
+        )
+    if tta is not None:
+        raise ValueError("--tta needs the PyTorch backend: an export runs one fixed input size")
+    detector = load_exported(
+        weights, runtime, threads=threads, device=device, precision=precision,
+        score_threshold=score_threshold, max_detections=max_detections, nms=nms,
+    )
+    meta = detector.metadata
+    if model_name is not None and model_name != meta.model_name:
+        raise ValueError(f"{weights} holds {meta.model_name!r}, not {model_name!r}")
+    if image_size is not None and tuple(image_size) != meta.image_size:
+        raise ValueError(
+            f"{weights} was exported for {meta.image_size[0]}x{meta.image_size[1]} inputs; "
+            "export again with --image-size to run at another size"
+        )
+    letterboxed = LetterboxPredictor(detector.detect, meta.image_size, meta.mean, meta.std)
+    return Predictor(letterboxed, meta.class_names, meta.label_to_category_id, meta.num_classes)

@@ -4,8 +4,8 @@ A *runner* is one loaded graph: a normalised, letterboxed ``float32[B, 3, H, W]`
 graph's outputs out, plus the file's :class:`~efficientdet.deploy.metadata.ExportMetadata`. Each
 format has its own (:class:`~efficientdet.deploy.onnx_backend.OnnxRunner`,
 :class:`~efficientdet.deploy.openvino_backend.OpenVinoRunner`,
-:class:`~efficientdet.deploy.litert_backend.LiteRTRunner`); :func:`open_runner` picks it by
-the file's suffix.
+:class:`~efficientdet.deploy.litert_backend.LiteRTRunner`);
+:func:`efficientdet.deploy.runtimes.open_runner` picks it by the file's suffix.
 
 :class:`ExportedDetector` does the rest the same way for every runtime: it runs a fixed-batch
 graph in chunks, reads the rows of a graph with decoding and NMS inside, or decodes a raw
@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -37,8 +37,6 @@ __all__ = [
     "ExportedDetector",
     "Runner",
     "is_export",
-    "load_exported",
-    "open_runner",
     "runtime_for",
 ]
 
@@ -79,62 +77,11 @@ def is_export(path: str | Path | None) -> bool:
     return path is not None and runtime_for(path) is not None
 
 
-def open_runner(
-    path: str | Path,
-    runtime: str = "auto",
-    *,
-    threads: int | None = None,
-    device: str | torch.device = "cpu",
-    precision: str | None = None,
-) -> Runner:
-    """Load an exported file in its runtime.
-
-    Args:
-        path: an ``.onnx``, OpenVINO ``.xml`` or LiteRT ``.tflite`` file written by
-            ``efficientdet export``.
-        runtime: a key of :data:`RUNTIMES`, or ``"auto"`` (by the suffix).
-        threads: CPU threads of the runtime (default ``torch.get_num_threads()``).
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (ONNX Runtime's providers;
-            OpenVINO and LiteRT run on the CPU here).
-        precision: OpenVINO's inference precision hint (``"bf16"``, ``"f32"``; default the
-            plugin's); other runtimes refuse one.
-
-    Raises:
-        ValueError: an unknown runtime or suffix, or a file its runtime cannot load.
-        RuntimeError: the runtime's package is not installed (naming the extra).
-    """
-    name = runtime_for(path) if runtime == "auto" else runtime
-    if runtime != "auto" and name not in RUNTIMES:
-        raise ValueError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
-    if name is None:
-        known = ", ".join(f"{ext} ({rt})" for rt, ext in RUNTIMES.items())
-        raise ValueError(f"{path}: not an exported file (expected {known})")
-    if precision is not None and name != "openvino":
-        raise ValueError(f"a precision hint ({precision}) is for OpenVINO, not {name}")
-    if name == "onnxruntime":
-        from .onnx_backend import OnnxRunner
-
-        return OnnxRunner(path, threads=threads, device=device)
-    if _is_gpu(device):
-        raise ValueError(f"--device {device}: {name} runs on the CPU here; use an .onnx export for CUDA")
-    if name == "openvino":
-        from .openvino_backend import OpenVinoRunner
-
-        return OpenVinoRunner(path, threads=threads, precision=precision)
-    from .litert_backend import LiteRTRunner
-
-    return LiteRTRunner(path, threads=threads)
-
-
-def _is_gpu(device: str | torch.device) -> bool:
-    return str(device).strip().lower().startswith("cuda")
-
-
 class ExportedDetector:
     """An exported detector in its runtime, with the interface of ``Detector``.
 
     Args:
-        runner: the loaded graph (:func:`open_runner`).
+        runner: the loaded graph (:func:`efficientdet.deploy.runtimes.open_runner`).
         score_threshold: keep detections scoring above this. For a graph with NMS inside it
             can only raise the file's own threshold (a lower one logs a warning). Default:
             the file's (0.001 for raw graphs).
@@ -310,18 +257,3 @@ class ExportedDetector:
         return detections
 
     __call__ = predict
-
-
-def load_exported(
-    path: str | Path,
-    runtime: str = "auto",
-    *,
-    threads: int | None = None,
-    device: str | torch.device = "cpu",
-    precision: str | None = None,
-    **settings: Any,
-) -> ExportedDetector:
-    """:class:`ExportedDetector` of ``path`` (:func:`open_runner`'s arguments, then the
-    detector's: ``score_threshold``, ``max_detections``, ``nms``, ...)."""
-    runner = open_runner(path, runtime, threads=threads, device=device, precision=precision)
-    return ExportedDetector(runner, **settings)

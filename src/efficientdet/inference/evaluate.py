@@ -10,7 +10,7 @@ import contextlib
 import io
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -152,7 +152,7 @@ def coco_evaluate(
 
 @torch.inference_mode()
 def predict_dataset(
-    detector: nn.Module,
+    detector: nn.Module | Callable[[Tensor], list[dict[str, Tensor]]],
     data: DetectionData,
     *,
     image_size: tuple[int, int],
@@ -170,6 +170,9 @@ def predict_dataset(
     and the problem) in its dict, instead of stopping the run.
 
     Args:
+        detector: a module (run in evaluation mode, its mode restored) or any callable
+            (``ExportedDetector.detect``) from ``Tensor[B, 3, H, W]`` normalised inputs to
+            per-image detections in input pixels.
         num_workers: loader processes decoding ahead of the network (None: from the CPU
             count, :func:`~efficientdet.data.default_num_workers`).
         indices: only these samples, in this order (one process's shard of a sharded
@@ -184,8 +187,10 @@ def predict_dataset(
         samples, build_transform(image_size, train=False, mean=mean, std=std), on_unreadable="blank"
     )
     loader = build_dataloader(dataset, batch_size=batch_size, num_workers=num_workers, device=device)
-    was_training = detector.training
-    detector.eval()
+    module = detector if isinstance(detector, nn.Module) else None
+    was_training = module is not None and module.training
+    if module is not None:
+        module.eval()
     outputs: list[dict[str, Tensor]] = []
     iterator: Any = loader
     if progress:
@@ -207,12 +212,13 @@ def predict_dataset(
             )
             boxes = scale_boxes_to_original(det["boxes"].cpu(), info)
             outputs.append({"boxes": boxes, "scores": det["scores"].cpu(), "labels": det["labels"].cpu()})
-    detector.train(was_training)
+    if module is not None:
+        module.train(was_training)
     return outputs
 
 
 def evaluate_detector(
-    detector: nn.Module,
+    detector: nn.Module | Callable[[Tensor], list[dict[str, Tensor]]],
     data: DetectionData,
     *,
     image_size: tuple[int, int],
