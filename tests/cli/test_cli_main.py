@@ -29,7 +29,7 @@ def test_help_lists_the_command_modules_in_their_order() -> None:
 def test_help_follows_the_workflow() -> None:
     names = _subcommands(build_parser())
     position = {name: i for i, name in enumerate(names)}
-    workflow = ["train", "eval", "predict", "export", "serve"]
+    workflow = ["train", "eval", "predict", "export", "benchmark", "serve"]
     assert [position[n] for n in workflow] == sorted(position[n] for n in workflow)
     assert position["demo"] < position["train"]  # the first thing a newcomer runs
     last_workflow = position["serve"]

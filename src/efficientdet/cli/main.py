@@ -18,6 +18,7 @@ from types import ModuleType
 from ..deploy.runtime import tune_cpu_allocator
 from . import (
     ablate,
+    benchmark,
     check_data,
     create,
     demo,
@@ -39,6 +40,7 @@ COMMANDS: tuple[ModuleType, ...] = (
     evaluate,
     predict,
     export,
+    benchmark,
     serve,
     check_data,
     demo_data,
