@@ -22,7 +22,7 @@ import json
 import logging
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -239,22 +239,28 @@ def _export_variant(
 
 
 def _time_variants(
-    built: Sequence[_Built], images: Sequence[Any], *, repeats: int, device: str
+    rows: Sequence[BenchmarkRow],
+    predictors: Sequence[Callable[[Sequence[Any]], object]],
+    images: Sequence[Any],
+    *,
+    repeats: int,
+    device: str,
 ) -> None:
-    """Median batch-1 latency and batch-8 throughput of each variant, rounds interleaved."""
+    """Median batch-1 latency and batch-8 throughput of each predictor into its row, rounds
+    interleaved."""
     one, eight = [images[0]], [images[i % len(images)] for i in range(8)]
     sync = device if parse_device(device).type == "cuda" else None
     singles = time_round_robin(
-        [partial(b.predictor, one) for b in built], repeats=repeats, warmup=2, device=sync
+        [partial(p, one) for p in predictors], repeats=repeats, warmup=2, device=sync
     )
     batches = time_round_robin(
-        [partial(b.predictor, eight) for b in built], repeats=max(3, repeats // 3),
-        warmup=1, device=sync,
+        [partial(p, eight) for p in predictors], repeats=max(3, repeats // 3), warmup=1,
+        device=sync,
     )
-    for b, single, batch in zip(built, singles, batches, strict=True):
-        b.row.times_ms = [round(t * 1000, 2) for t in single]
-        b.row.latency_ms = round(statistics.median(single) * 1000, 2)
-        b.row.throughput = round(8 / statistics.median(batch), 2)
+    for row, single, batch in zip(rows, singles, batches, strict=True):
+        row.times_ms = [round(t * 1000, 2) for t in single]
+        row.latency_ms = round(statistics.median(single) * 1000, 2)
+        row.throughput = round(8 / statistics.median(batch), 2)
 
 
 def _score_variants(built: Sequence[_Built], data: Any, label_to_category_id: Any) -> None:
@@ -282,6 +288,7 @@ def run_benchmark(
     repeats: int = 10,
     threads: int = 2,
     device: str = "cpu",
+    others: Mapping[str, Callable[[Sequence[Any]], object]] | None = None,
 ) -> list[BenchmarkRow]:
     """Export, time and score every variant; a variant that fails gets a row with the reason.
 
@@ -296,6 +303,8 @@ def run_benchmark(
         repeats: timed rounds at batch 1 (a third of them at batch 8, at least 3).
         threads: CPU threads of every runtime (and of PyTorch).
         device: ``"cpu"`` or ``"cuda[:N]"``.
+        others: more predictors (a list of images in, anything out; another library's, say)
+            timed in the same rounds, reported as format ``"other"`` without AP.
     """
     torch.set_num_threads(threads)
     workdir = Path(workdir)
@@ -316,16 +325,19 @@ def run_benchmark(
         except (RuntimeError, ValueError, OSError) as err:
             log.warning("%s: %s", variant.name, err)
             failed.append(BenchmarkRow(variant.name, variant.fmt, variant.precision, note=str(err)))
-    _time_variants(built, images, repeats=repeats, device=device)
+    extra = dict(others or {})
+    rows = [b.row for b in built] + [BenchmarkRow(name, "other", "fp32") for name in extra]
+    predictors = [b.predictor for b in built] + list(extra.values())
+    _time_variants(rows, predictors, images, repeats=repeats, device=device)
     if data is not None:
         _score_variants(built, data, label_to_category_id)
-    return [b.row for b in built] + failed
+    return rows + failed
 
 
 def fastest_within(rows: Sequence[BenchmarkRow], tolerance: float = 0.01) -> BenchmarkRow | None:
-    """The lowest-latency row whose AP is within ``tolerance`` of fp32 PyTorch's (any timed
-    row when no AP was measured)."""
-    timed = [r for r in rows if r.latency_ms is not None]
+    """The lowest-latency row of this package's whose AP is within ``tolerance`` of fp32
+    PyTorch's (any timed row when no AP was measured); ``"other"`` rows never win."""
+    timed = [r for r in rows if r.latency_ms is not None and r.fmt != "other"]
     reference = next((r for r in rows if r.variant == "pytorch fp32" and r.ap is not None), None)
     if reference is not None and reference.ap is not None:
         floor = reference.ap - tolerance
