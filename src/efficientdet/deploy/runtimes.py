@@ -33,8 +33,9 @@ def open_runner(
         threads: CPU threads of the runtime (default ``torch.get_num_threads()``).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (ONNX Runtime's providers;
             OpenVINO and LiteRT run on the CPU here).
-        precision: OpenVINO's inference precision hint (``"bf16"``, ``"f32"``; default the
-            plugin's); other runtimes refuse one.
+        precision: OpenVINO's inference precision hint, ``"f32"`` (default: the file's own
+            precision, whereas OpenVINO's plugin would pick bf16 on CPUs that have it) or
+            ``"bf16"``; other runtimes refuse one.
 
     Raises:
         ValueError: an unknown runtime or suffix, or a file its runtime cannot load.
@@ -57,7 +58,7 @@ def open_runner(
     if name == "openvino":
         from .openvino_backend import OpenVinoRunner
 
-        return OpenVinoRunner(path, threads=threads, precision=precision)
+        return OpenVinoRunner(path, threads=threads, precision=precision or "f32")
     from .litert_backend import LiteRTRunner
 
     return LiteRTRunner(path, threads=threads)
