@@ -17,6 +17,7 @@ from efficientdet.deploy.export import export_onnx, read_onnx_metadata
 from efficientdet.deploy.onnx_backend import OnnxDetector, OnnxRunner
 from efficientdet.deploy.onnx_quantize import (
     QUANTIZED_OPS,
+    QuantSettings,
     export_onnx_int8,
     head_outputs,
     network_nodes,
@@ -212,6 +213,29 @@ def test_export_onnx_int8_exports_then_quantizes(
     [(model, fp32, options)] = calls
     assert model is tiny and options == {"batch": "dynamic", "max_detections": 50}
     assert not fp32.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["int8.onnx"]
+
+
+def test_float_head_keeps_the_predictions_float(
+    raw_export: Path, images: tuple[Calibration, np.ndarray], tmp_path: Path
+) -> None:
+    """With ``float_head`` the ten prediction convolutions read float weights and write the
+    graph's outputs unrounded; every other convolution is int8."""
+    out = tmp_path / "head.onnx"
+    quantize_onnx(raw_export, out, images[0], settings=QuantSettings(float_head=True))
+    model = onnx.load(str(out))
+    producer = {name: node for node in model.graph.node for name in node.output}
+    outputs = {value.name for value in model.graph.output}
+    float_convs = [
+        node for node in model.graph.node
+        if node.op_type == "Conv"
+        and (node.input[1] not in producer or producer[node.input[1]].op_type != "DequantizeLinear")
+    ]
+    assert len(float_convs) == 10
+    assert {node.output[0] for node in float_convs} == outputs
+    with pytest.raises(ValueError, match="activations"):
+        QuantSettings(activations="u4")
+    with pytest.raises(ValueError, match="calibration method"):
+        QuantSettings(method="kl")
 
 
 def test_refuses_what_it_cannot_quantize(

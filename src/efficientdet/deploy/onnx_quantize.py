@@ -6,7 +6,7 @@ and metadata (``precision: "int8"`` and the number of calibration images). Only 
 quantized; the post-processing (decoding, TopK, NonMaxSuppression, the gathers) stays in float.
 :func:`export_onnx_int8` exports and quantizes in one step.
 
-How the graph is quantized (measured on an AVX-512 VNNI CPU, ``benchmarks/README.md``):
+How the graph is quantized (:class:`QuantSettings`' defaults):
 
 - ``onnxruntime.quantization.quant_pre_process`` first folds the batch norms into the
   convolutions and constant-folds the graph, so each convolution quantizes as one
@@ -14,12 +14,17 @@ How the graph is quantized (measured on an AVX-512 VNNI CPU, ``benchmarks/README
 - The squeeze-excitation pooling, ``ReduceMean`` over H and W, becomes the equivalent
   ``GlobalAveragePool``, which ONNX Runtime runs in int8 (a float ``ReduceMean`` between int8
   layers costs a dequantization of the full feature map and a slow reduction in NHWC).
-- QDQ format, uint8 activations, int8 weights quantized per output channel, MinMax ranges: every
-  operator of the network that ONNX Runtime has an int8 kernel for is quantized (convolutions,
-  additions, multiplications, sigmoids, pooling, resizing), so the feature maps stay int8
-  from the input to the head. Quantizing the convolutions alone is slower than fp32: the
-  dequantize / quantize pairs around every float operator between them cost more than the
-  int8 convolutions save.
+- QDQ format, uint8 activations, int8 weights with a scale per output channel, MinMax ranges:
+  every operator of the network that ONNX Runtime has an int8 kernel for is quantized
+  (convolutions, additions, multiplications, sigmoids, pooling, resizing), so the feature
+  maps stay int8 from the input to the head's outputs.
+
+Measured on 2 threads of an AVX-512 VNNI CPU (no AMX), with NMS in the graph, int8 against
+fp32 in ONNX Runtime: Lite0 320 about 1.5x and D0 512 about 1.35x faster. Quantizing the
+convolutions alone gains little on Lite0 (1.1x) and is slower than fp32 on D0 (0.75x): the
+dequantize / quantize pairs around each float operator between them cost more than the
+int8 convolutions save. Per-tensor weights and QOperator are no faster and per-tensor is
+less accurate; int8 (``"s8"``) activations are slower than fp32 on x86.
 """
 
 from __future__ import annotations
@@ -63,7 +68,51 @@ def _require(module: str) -> Any:
     return require_extra(module, "ONNX int8 quantization")
 
 
-def quantize_onnx(source: str | Path, out: str | Path, calibration: Calibration) -> ExportMetadata:
+@dataclass(frozen=True)
+class QuantSettings:
+    """How :func:`quantize_onnx` quantizes. The defaults are the fastest accurate choice
+    measured (module docstring); the others are there to compare.
+
+    Attributes:
+        ops: operator types quantized in the network.
+        qdq: QDQ format (quantize / dequantize pairs that ONNX Runtime fuses into int8
+            kernels), else QOperator (the int8 operators written out).
+        per_channel: int8 weights with one scale per output channel (else one per tensor).
+        activations: ``"u8"`` (asymmetric uint8) or ``"s8"`` (int8) activations.
+        method: ``"minmax"``, ``"entropy"`` or ``"percentile"`` calibration ranges.
+        float_head: the head's prediction convolutions (the class and box outputs) stay
+            float, so the logits and box deltas are not rounded to 8 bits.
+        global_pool: squeeze-excitation ``ReduceMean`` as int8 ``GlobalAveragePool``.
+        extra_options: ``onnxruntime.quantization.quantize_static``'s ``extra_options``.
+    """
+
+    ops: tuple[str, ...] = QUANTIZED_OPS
+    qdq: bool = True
+    per_channel: bool = True
+    activations: str = "u8"
+    method: str = "minmax"
+    float_head: bool = False
+    global_pool: bool = True
+    extra_options: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.activations not in ("u8", "s8"):
+            raise ValueError(f"activations {self.activations!r} is not 'u8' or 's8'")
+        if self.method not in _METHODS:
+            raise ValueError(f"calibration method {self.method!r} is not one of {', '.join(_METHODS)}")
+
+
+# Calibration method name -> its member of onnxruntime.quantization.CalibrationMethod.
+_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+
+
+def quantize_onnx(
+    source: str | Path,
+    out: str | Path,
+    calibration: Calibration,
+    *,
+    settings: QuantSettings | None = None,
+) -> ExportMetadata:
     """Write an int8 copy of an fp32 ONNX export, calibrated on ``calibration``'s images.
 
     Args:
@@ -72,6 +121,7 @@ def quantize_onnx(source: str | Path, out: str | Path, calibration: Calibration)
         out: the int8 ``.onnx`` file to write (atomically; it may not be ``source``).
         calibration: ``float32[1, 3, H, W]`` network inputs of the file's size
             (:func:`~efficientdet.deploy.calibration.calibration_images`).
+        settings: how to quantize (default :class:`QuantSettings`'s defaults).
 
     Returns:
         The metadata written into ``out``: ``source``'s with ``precision="int8"`` and
@@ -82,41 +132,10 @@ def quantize_onnx(source: str | Path, out: str | Path, calibration: Calibration)
             calibration images are missing or of another size.
         RuntimeError: onnx or onnxruntime is not installed (naming the extra).
     """
-    return _quantize(source, out, calibration, QuantSettings())
-
-
-@dataclass(frozen=True)
-class QuantSettings:
-    """How :func:`quantize_onnx` quantizes (the defaults are the fastest accurate choice
-    measured; the others are kept to compare).
-
-    Attributes:
-        ops: operator types quantized in the network.
-        per_channel: int8 weights with one scale per output channel (else per tensor).
-        activations: ``"u8"`` (asymmetric uint8) or ``"s8"`` (int8) activations.
-        method: ``"minmax"``, ``"entropy"`` or ``"percentile"`` calibration ranges.
-        float_head: the head's prediction convolutions (the graph's class and box outputs)
-            stay float, so the scores and box deltas are not rounded to 8 bits.
-        global_pool: squeeze-excitation ``ReduceMean`` as int8 ``GlobalAveragePool``.
-        extra_options: ``quantize_static``'s ``extra_options``.
-    """
-
-    ops: tuple[str, ...] = QUANTIZED_OPS
-    per_channel: bool = True
-    activations: str = "u8"
-    method: str = "minmax"
-    float_head: bool = False
-    global_pool: bool = True
-    extra_options: tuple[tuple[str, Any], ...] = ()
-
-
-def _quantize(
-    source: str | Path, out: str | Path, calibration: Calibration, settings: QuantSettings
-) -> ExportMetadata:
-    """:func:`quantize_onnx` with ``settings``."""
     onnx = _require("onnx")
     quantization = _require("onnxruntime.quantization")
 
+    settings = settings or QuantSettings()
     source, out = Path(source), Path(out)
     metadata = read_onnx_metadata(source)
     if metadata.precision != "fp32":
@@ -125,7 +144,7 @@ def _quantize(
         raise ValueError(f"{out}: write the int8 file next to the fp32 one, not over it")
     batches = _calibration_batches(calibration, metadata)
     log.info("calibrating int8 on %d images: %s", len(calibration), calibration.source)
-    types = quantization.QuantType
+    types, formats = quantization.QuantType, quantization.QuantFormat
     with tempfile.TemporaryDirectory(prefix="efficientdet-int8-") as tmp:
         prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
         quantization.quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
@@ -134,13 +153,13 @@ def _quantize(
         onnx.save_model(model, str(prepared))
         quantization.quantize_static(
             str(prepared), str(quantized), _Reader(batches, quantization.CalibrationDataReader),
-            quant_format=quantization.QuantFormat.QDQ,
+            quant_format=formats.QDQ if settings.qdq else formats.QOperator,
             op_types_to_quantize=list(settings.ops),
             per_channel=settings.per_channel,
             activation_type=types.QUInt8 if settings.activations == "u8" else types.QInt8,
             weight_type=types.QInt8,
             nodes_to_exclude=keep_float,
-            calibrate_method=_METHODS[settings.method](quantization.CalibrationMethod),
+            calibrate_method=getattr(quantization.CalibrationMethod, _METHODS[settings.method]),
             extra_options=dict(settings.extra_options),
         )
         proto = onnx.load(str(quantized))
@@ -150,11 +169,31 @@ def _quantize(
     return int8
 
 
-_METHODS = {
-    "minmax": lambda methods: methods.MinMax,
-    "entropy": lambda methods: methods.Entropy,
-    "percentile": lambda methods: methods.Percentile,
-}
+def export_onnx_int8(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    calibration: Calibration,
+    settings: QuantSettings | None = None,
+    **export_options: Any,
+) -> ExportMetadata:
+    """Export ``model`` to ONNX and quantize it to int8 (:func:`quantize_onnx`).
+
+    Args:
+        model: what :func:`~efficientdet.deploy.export.export_onnx` takes.
+        path: the int8 ``.onnx`` file to write.
+        calibration: network inputs of the export's size, ``float32[1, 3, H, W]`` each.
+        settings: :func:`quantize_onnx`'s.
+        export_options: :func:`~efficientdet.deploy.export.export_onnx`'s keyword arguments
+            (``image_size``, ``batch``, ``with_nms``, thresholds, class names, ...).
+
+    Returns:
+        The int8 file's metadata.
+    """
+    with tempfile.TemporaryDirectory(prefix="efficientdet-fp32-") as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        export_onnx(model, fp32, **export_options)
+        return quantize_onnx(fp32, path, calibration, settings=settings)
 
 
 def _prepare(model: Any, settings: QuantSettings) -> list[str]:
@@ -169,27 +208,6 @@ def _prepare(model: Any, settings: QuantSettings) -> list[str]:
     if settings.float_head:
         keep_float += head_outputs(model, network)
     return keep_float
-
-
-def export_onnx_int8(
-    model: nn.Module, path: str | Path, *, calibration: Calibration, **export_options: Any
-) -> ExportMetadata:
-    """Export ``model`` to ONNX and quantize it to int8 (:func:`quantize_onnx`).
-
-    Args:
-        model: what :func:`~efficientdet.deploy.export.export_onnx` takes.
-        path: the int8 ``.onnx`` file to write.
-        calibration: network inputs of the export's size, ``float32[1, 3, H, W]`` each.
-        export_options: :func:`~efficientdet.deploy.export.export_onnx`'s keyword arguments
-            (``image_size``, ``batch``, ``with_nms``, thresholds, class names, ...).
-
-    Returns:
-        The int8 file's metadata.
-    """
-    with tempfile.TemporaryDirectory(prefix="efficientdet-fp32-") as tmp:
-        fp32 = Path(tmp) / "fp32.onnx"
-        export_onnx(model, fp32, **export_options)
-        return quantize_onnx(fp32, path, calibration)
 
 
 def _calibration_batches(calibration: Calibration, metadata: ExportMetadata) -> list[np.ndarray]:
