@@ -323,6 +323,11 @@ def pooling_as_global_average(model: Any, among: set[str] | None = None) -> int:
         )
         model.graph.node[index].CopyFrom(pool)
         replaced += 1
+    used = {name for node in model.graph.node for name in node.input}
+    used |= {value.name for value in model.graph.output}
+    unused = [init for init in model.graph.initializer if init.name not in used]
+    for init in unused:  # the axes of the replaced nodes
+        model.graph.initializer.remove(init)
     return replaced
 
 
