@@ -131,12 +131,11 @@ def test_network_is_int8_and_postprocessing_float(exports: tuple[Path, Path]) ->
                 # only the head's outputs come in dequantized: DQ(Q(conv))
                 quantized = producer[producer[name].input[0]]
                 assert producer[quantized.input[0]].op_type == "Conv"
-
-    def count(model: object, ops: set[str]) -> dict[str, int]:
-        nodes = model.graph.node  # type: ignore[attr-defined]
-        return {op: sum(n.op_type == op for n in nodes) for op in ops}
-
-    assert count(int8, POSTPROCESS_OPS) == count(fp32, POSTPROCESS_OPS)
+    counts = [
+        {op: sum(node.op_type == op for node in model.graph.node) for op in POSTPROCESS_OPS}
+        for model in (fp32, int8)
+    ]
+    assert counts[0] == counts[1]
 
 
 def test_head_outputs_are_the_graph_outputs_of_a_raw_export(raw_export: Path) -> None:
