@@ -179,3 +179,17 @@ def test_calibration_images_are_letterboxed_inputs(tiny_demo, tmp_path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no images"):
         calibration_images(tmp_path / "empty", (64, 64), mean, std)
+
+
+def test_int8_export_from_the_command_line(trained_like, tiny_demo, tmp_path, capsys) -> None:
+    _, weights, _ = trained_like
+    path = tmp_path / "int8.onnx"
+    assert main(["export", "--weights", str(weights), "--out", str(path), "--int8",
+                 "--calibration", str(tiny_demo.data_yaml), "--calibration-images", "6"]) == 0
+    printed = capsys.readouterr().out
+    assert "calibrating int8 on" in printed and "(train, 6 of 24 images)" in printed
+    assert "(onnx, int8)" in printed
+    detector = load_exported(path)
+    assert detector.metadata.precision == "int8" and detector.metadata.calibration_images == 6
+    metrics, found = _eval(path, tiny_demo.data_yaml, tmp_path / "eval")
+    assert len(found) > 100 and metrics["AP50"] >= 0
