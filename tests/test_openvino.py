@@ -216,3 +216,50 @@ def test_missing_openvino_names_the_extra(tiny, tmp_path, monkeypatch) -> None:
     with pytest.raises(RuntimeError, match=r"efficientdet\[openvino\].*openvino, nncf"):
         OpenVinoRunner(tmp_path / "model.xml")
 
+
+
+def test_calibration_images_are_grouped_into_the_fixed_batch() -> None:
+    from efficientdet.deploy.openvino_backend import _calibration_inputs
+
+    batches = [np.full((1, 3, 4, 4), i, dtype=np.float32) for i in range(5)]
+    calibration = Calibration(batches, "numbered")
+    assert [b.shape for b in _calibration_inputs(calibration, None)] == [(1, 3, 4, 4)] * 5
+    groups = _calibration_inputs(calibration, 2)
+    # Every image once, the last group filled from the first images.
+    assert [g[:, 0, 0, 0].tolist() for g in groups] == [[0, 1], [2, 3], [4, 0]]
+
+
+# ---- full-size models (slow) -------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "int8_overlap"), [
+    ("tf_efficientdet_lite0", 0.8),
+    # Random D0's class logits, spread to score apart, turn its int8 rounding into other
+    # top detections: only sanity is checked here (the trained model's AP is the real check).
+    ("tf_efficientdet_d0", None),
+])
+def test_full_size_export_matches_eager(name: str, int8_overlap: float | None, tmp_path) -> None:
+    """fp32 detections (NMS in the graph) equal eager PyTorch's; int8 ones overlap them."""
+    torch.manual_seed(0)
+    model = spread_scores(create_model(name, num_classes=10))
+    size = model.config.image_size
+    generator = torch.Generator().manual_seed(5)
+    images = torch.randn(2, 3, *size, generator=generator)
+    with torch.no_grad():
+        expected = Detector(model).eval().detect(images)
+    export_openvino(model, tmp_path / "fp32.xml")
+    detector = ExportedDetector(OpenVinoRunner(tmp_path / "fp32.xml", precision="f32"))
+    assert_close_detections(detector.detect(images), expected)
+
+    batches = [torch.randn(1, 3, *size, generator=generator).numpy() for _ in range(8)]
+    meta = export_openvino(model, tmp_path / "int8.xml", calibration=Calibration(batches, "random"))
+    assert meta.precision == "int8"
+    quantized = ExportedDetector(OpenVinoRunner(tmp_path / "int8.xml")).detect(images)
+    for got, exp in zip(quantized, expected, strict=True):
+        assert len(got["scores"]) == 100
+        assert bool(((got["scores"] > 0) & (got["scores"] <= 1)).all())
+        assert bool(((got["labels"] >= 0) & (got["labels"] < 10)).all())
+        if int8_overlap is not None:
+            ious = _box_iou(got["boxes"][:10], exp["boxes"][:100])
+            assert float((ious.max(dim=1).values > 0.5).float().mean()) >= int8_overlap

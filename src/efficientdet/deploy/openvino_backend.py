@@ -19,6 +19,7 @@ compiled for the CPU with a latency hint and a thread count.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import tempfile
 from collections.abc import Sequence
@@ -218,12 +219,19 @@ def quantize_int8(ov_model: Any, calibration: Calibration, batch: int | None) ->
 
     inputs = _calibration_inputs(calibration, batch)
     ignored = nncf.IgnoredScope(names=postprocess_nodes(ov_model), validate=False)
-    return nncf.quantize(
-        ov_model,
-        nncf.Dataset(inputs),
-        subset_size=len(inputs),
-        ignored_scope=ignored,
-    )
+    # NNCF logs a line for every node it leaves out (hundreds): only its warnings show.
+    nncf_log = logging.getLogger("nncf")
+    level = nncf_log.level
+    nncf_log.setLevel(max(level, logging.WARNING))
+    try:
+        return nncf.quantize(
+            ov_model,
+            nncf.Dataset(inputs),
+            subset_size=len(inputs),
+            ignored_scope=ignored,
+        )
+    finally:
+        nncf_log.setLevel(level)
 
 
 # ---- runtime ----------------------------------------------------------------------------------
