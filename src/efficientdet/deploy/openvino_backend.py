@@ -8,6 +8,13 @@ same raw per-level outputs, and the same input ``images: float32[B, 3, H, W]``, 
 normalised. The file's :class:`~efficientdet.deploy.metadata.ExportMetadata` is stored as JSON
 in the IR's ``rt_info`` under :data:`RT_INFO_KEY`; :func:`read_openvino_metadata` reads it.
 
+Why through ONNX rather than ``convert_model`` on the PyTorch module: the NMS operator
+(:func:`~efficientdet.deploy.export_graph.class_nms`) has an ONNX translation that becomes
+OpenVINO's ``NonMaxSuppression``, which the PyTorch frontend cannot convert; and the ONNX
+exporter folds the TF-SAME padding of the ``tf_`` backbones into the convolutions' own pads,
+where the PyTorch frontend leaves explicit ``Pad`` nodes. The raw networks run equally fast
+either way (D0 and Lite0, fp32 and int8, measured).
+
 With calibration images the network is quantized to int8 after training by NNCF
 (``nncf.quantize``; activations per tensor, weights per channel). Post-processing
 (everything downstream of the first TopK) is kept out of the quantization.
