@@ -44,6 +44,7 @@ def spread_scores(model: EfficientDet, std: float = 1.0) -> EfficientDet:
     ``tests/test_export.py``): scores far apart, so NMS and the ranking have work to do."""
     predict = model.class_net.predict.pointwise
     probe = torch.randn(1, 3, *model.config.image_size, generator=torch.Generator().manual_seed(9))
+    assert predict.bias is not None
     model.eval()
     with torch.no_grad():
         torch.nn.init.zeros_(predict.bias)
