@@ -243,22 +243,38 @@ def _convert(model: nn.Module, size_hw: tuple[int, int], batch: int, names: list
 
 def _quantize(content: bytes, calibration: Calibration, batch: int) -> bytes:
     """Full-integer int8 ``content``: ai-edge-quantizer's static int8 recipe (per-channel
-    int8 weights, int8 activations) calibrated on ``calibration``'s images, ``batch`` at a
-    time (the last batch filled up with the first images)."""
+    int8 weights, int8 activations) with every tensor's range the min and max it takes on
+    ``calibration``'s images, fed ``batch`` at a time (the last batch filled up with the
+    first images).
+
+    The min / max over all images, not ai-edge-quantizer's default moving average of the
+    per-image ranges: the average clips the head's outputs on images past the typical ones
+    (a Lite0 trained on the digit scenes: box deltas up to 4.3 off on validation images with
+    the average, 1.3 with the full range, at the same speed).
+    """
+    import os
+
+    calibrator = _require("ai_edge_quantizer.calibrator")
     quantizer = _require("ai_edge_quantizer.quantizer")
     recipe = _require("ai_edge_quantizer.recipe")
+    recipe_manager = _require("ai_edge_quantizer.recipe_manager")
+    qsv_utils = _require("ai_edge_quantizer.utils.qsv_utils")
 
     images = np.concatenate(calibration.batches).astype(np.float32, copy=False)
     short = -len(images) % batch
     if short:
         images = np.concatenate([images, np.resize(images, (short, *images.shape[1:]))])
     inputs = [{INPUT_NAME: images[i : i + batch]} for i in range(0, len(images), batch)]
-    log.info("calibrating int8 LiteRT on %s", calibration.source)
-    engine = quantizer.Quantizer(bytearray(content))
-    engine.load_quantization_recipe(recipe.static_wi8_ai8())
-    signature = _signature_key(content)
-    qsvs = engine.calibrate({signature: inputs})
-    result = engine.quantize(qsvs, enable_progress_report=False)
+    log.info("calibrating the int8 LiteRT export on %s", calibration.source)
+    recipe_int8 = recipe.static_wi8_ai8()
+    manager = recipe_manager.RecipeManager()
+    manager.load_quantization_recipe(recipe_int8)
+    ranges = calibrator.Calibrator(
+        content, num_threads=os.cpu_count() or 1, qsv_update_func=qsv_utils.min_max_update
+    )
+    ranges.calibrate({_signature_key(content): inputs}, manager)
+    engine = quantizer.Quantizer(bytearray(content), recipe_int8)
+    result = engine.quantize(ranges.get_model_qsvs(), enable_progress_report=False)
     return bytes(result.quantized_model)
 
 
