@@ -241,9 +241,12 @@ def test_missing_extra_names_it(module: str, call, tmp_path: Path, monkeypatch: 
 # ---- int8 ------------------------------------------------------------------------------------
 
 
-def assert_close_int8(model: EfficientDet, path: Path, images: torch.Tensor, top: int = 10) -> None:
-    """An int8 export's raw outputs near eager PyTorch's, and most of the ``top`` best eager
-    detections per image found again (same class, IoU > 0.5)."""
+def assert_close_int8(
+    model: EfficientDet, path: Path, images: torch.Tensor, *, logits: float = 0.1, top: int = 10
+) -> None:
+    """An int8 export's raw outputs near eager PyTorch's (logits within ``logits`` times the
+    range int8 covers, which includes 0), and most of the ``top`` best eager detections per
+    image found again (same class, IoU > 0.5)."""
     runner = LiteRTRunner(path, threads=2)
     assert runner._input.dtype == np.int8  # full-integer: the runner quantizes the input
     with torch.no_grad():
@@ -253,8 +256,8 @@ def assert_close_int8(model: EfficientDet, path: Path, images: torch.Tensor, top
     for i, (g, e) in enumerate(zip(got, expected, strict=True)):
         assert g.dtype == np.float32 and g.shape == tuple(e.shape)
         error = float(np.abs(g - e.numpy()).max())
-        if i < levels:  # logits: within 10% of the range int8 covers (which includes 0)
-            assert error < 0.1 * (max(float(e.max()), 0.0) - min(float(e.min()), 0.0))
+        if i < levels:
+            assert error < logits * (max(float(e.max()), 0.0) - min(float(e.min()), 0.0))
         else:  # box deltas (near 0 in a fresh network): a fraction of a pixel per anchor
             assert error < 0.01
     fp32 = Detector(model, score_threshold=0.05).eval().detect(images)
@@ -278,20 +281,24 @@ def test_int8_export_gives_close_detections(tiny, tiny_int8, tiny_demo) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["tf_efficientdet_lite0", "tf_efficientdet_d0"])
-def test_published_architectures(name: str, tiny_demo, tmp_path: Path) -> None:
+def test_published_architectures(name: str, tmp_path: Path) -> None:
     """Lite0 at 320 px (pyramid sides 40, 20, 10, 5, 3: odd upsampling) and D0 at 512 px:
-    fp32 detections equal eager PyTorch's; int8 ones close."""
+    fp32 detections equal eager PyTorch's; int8 ones close.
+
+    Inputs are unit normal noise, what :func:`spread_scores` spreads the scores for (demo
+    images saturate a fresh D0's scores at 1.0, and NMS among equal scores may keep either).
+    """
     torch.manual_seed(0)
     model = spread_scores(create_model(name, num_classes=10))
-    images = demo_batch(tiny_demo, model, 2)
+    noise = torch.Generator().manual_seed(5)
+    images = torch.randn(2, 3, *model.config.image_size, generator=noise)
     path = tmp_path / "fp32.tflite"
     export_litert(model, path)
     detector = ExportedDetector(LiteRTRunner(path, threads=2))
     for got, expected in zip(detector.detect(images), Detector(model).eval().detect(images), strict=True):
         assert len(expected["scores"]) == 100
         assert_same_detections(got, expected)
-    calibration = calibration_images(
-        tiny_demo.data_yaml, model.config.image_size, model.config.mean, model.config.std, count=16
-    )
-    export_litert(model, tmp_path / "int8.tflite", calibration=calibration)
-    assert_close_int8(model, tmp_path / "int8.tflite", images)
+    batches = [torch.randn(1, 3, *model.config.image_size, generator=noise).numpy() for _ in range(16)]
+    export_litert(model, tmp_path / "int8.tflite", calibration=Calibration(batches, "noise"))
+    # A fresh network's activations are far from a trained one's: logits within 25%.
+    assert_close_int8(model, tmp_path / "int8.tflite", images, logits=0.25)
