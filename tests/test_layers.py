@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from efficientdet.modeling.layers import MaxPoolDown
+from efficientdet.modeling.layers import MaxPoolDown, upsample_nearest
 from efficientdet.modeling.necks.graph import Fusion
 
 
@@ -51,3 +51,13 @@ def test_fusion_gradients_and_a_wider_later_input(method: str) -> None:
     # A float64 input after a float32 one widens the result, as plain arithmetic would.
     mixed = [inputs[0].detach(), inputs[1].detach().double(), inputs[2].detach()]
     assert fusion(mixed).dtype == torch.float64
+
+
+def test_upsample_nearest_is_pytorchs_nearest_at_every_size() -> None:
+    x = torch.randn(2, 3, 7, 9)
+    for height in range(1, 20):
+        for width in (1, 2, 5, 13, 17, 18):
+            src = x[:, :, : (height + 1) // 2, : (width + 1) // 2]  # the pyramid's case
+            for inp in (src, x):  # and any other sizes
+                expected = F.interpolate(inp, size=(height, width), mode="nearest")
+                assert torch.equal(upsample_nearest(inp, (height, width)), expected)

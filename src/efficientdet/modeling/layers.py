@@ -149,5 +149,18 @@ class MaxPoolDown(nn.Module):
 
 
 def upsample_nearest(x: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
-    """Nearest-neighbour resize of ``Tensor[B, C, h, w]`` to ``size = (H, W)``."""
-    return F.interpolate(x, size=(int(size[0]), int(size[1])), mode="nearest")
+    """Nearest-neighbour resize of ``Tensor[B, C, h, w]`` to ``size = (H, W)``
+    (PyTorch's ``"nearest"``: output cell ``i`` takes input cell ``floor(i * h / H)``).
+
+    The pyramid's upsampling from a level's ``h = ceil(H / 2)`` to ``H`` (``H`` odd at
+    Lite0's 320 px: 3 -> 5) is written as a 2x resize and a crop, which take the same cells
+    (``floor(i * h / H) = floor(i / 2)`` there): a 2x resize means the same in every
+    converter, while a converter may map a resize to an odd size to half-pixel centres
+    (litert-torch does: cells ``floor((i + 0.5) * h / H)``).
+    """
+    height, width = int(size[0]), int(size[1])
+    h, w = x.shape[-2:]
+    if (height + 1) // 2 == h and (width + 1) // 2 == w:
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return x if (height, width) == (2 * h, 2 * w) else x[:, :, :height, :width]
+    return F.interpolate(x, size=(height, width), mode="nearest")
