@@ -193,3 +193,25 @@ def test_int8_export_from_the_command_line(trained_like, tiny_demo, tmp_path, ca
     assert detector.metadata.precision == "int8" and detector.metadata.calibration_images == 6
     metrics, found = _eval(path, tiny_demo.data_yaml, tmp_path / "eval")
     assert len(found) > 100 and metrics["AP50"] >= 0
+
+
+@pytest.mark.parametrize(("name", "runtime"), [("m.xml", "openvino"), ("m.tflite", "litert")])
+def test_eval_and_predict_of_openvino_and_litert_exports(
+    trained_like, pytorch_eval, tiny_demo, tmp_path, name, runtime
+) -> None:
+    pytest.importorskip("openvino" if runtime == "openvino" else "ai_edge_litert")
+    if runtime == "litert":
+        pytest.importorskip("litert_torch")
+    _, weights, _ = trained_like
+    path = tmp_path / name
+    assert main(["export", "--weights", str(weights), "--out", str(path)]) == 0  # format by suffix
+    assert load_exported(path).runtime == runtime
+    reference, expected = pytorch_eval
+    got, found = _eval(path, tiny_demo.data_yaml, tmp_path / "eval")
+    assert got["AP"] == pytest.approx(reference["AP"], abs=1e-3)
+    assert got["AP50"] == pytest.approx(reference["AP50"], abs=1e-3)
+    assert abs(len(found) - len(expected)) <= len(expected) // 100
+    out = tmp_path / "predict"
+    assert main(["predict", str(tiny_demo.root / "val"), "--weights", str(path), "--out", str(out),
+                 "--device", "cpu", "--no-pictures", "--quiet"]) == 0
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 8

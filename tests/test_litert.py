@@ -18,7 +18,7 @@ import torch
 from efficientdet.deploy import litert_backend
 from efficientdet.deploy.calibration import Calibration, calibration_images
 from efficientdet.deploy.export_graph import RawExport
-from efficientdet.deploy.exported import ExportedDetector, load_exported
+from efficientdet.deploy.exported import ExportedDetector
 from efficientdet.deploy.litert_backend import (
     METADATA_NAME,
     LiteRTRunner,
@@ -27,6 +27,7 @@ from efficientdet.deploy.litert_backend import (
     output_names,
     read_litert_metadata,
 )
+from efficientdet.deploy.runtimes import load_exported
 from efficientdet.detection.boxes import box_iou
 from efficientdet.detection.detector import Detector
 from efficientdet.detection.transform import preprocess_batch

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from efficientdet.deploy.calibration import Calibration
-from efficientdet.deploy.exported import ExportedDetector, open_runner
+from efficientdet.deploy.exported import ExportedDetector
+from efficientdet.deploy.runtimes import open_runner
 from efficientdet.detection.detector import Detector
 from efficientdet.modeling.factory import create_model
 from efficientdet.modeling.model import EfficientDet
