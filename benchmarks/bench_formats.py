@@ -35,9 +35,11 @@ from efficientdet.deploy.benchmark import (
 from efficientdet.inference.loading import load_model
 
 
-def effdet_predictor(loaded: Any) -> Any:
-    """effdet's end-to-end predict on ``loaded``'s architecture and weights: images in,
-    detections ``[B, 100, 6]`` in image pixels out."""
+def effdet_predictor(loaded: Any, effdet_weights: str | None = None) -> Any:
+    """effdet's end-to-end predict on ``loaded``'s architecture: images in, detections
+    ``[B, 100, 6]`` in image pixels out. Its weights: ``effdet_weights`` (an effdet state
+    dict, the file ``--weights`` may name too), else ``loaded``'s where the key names match,
+    else random (with random weights every one of the 5000 candidates reaches its NMS)."""
     import effdet
     from effdet.data.transforms import transforms_coco_eval
 
@@ -46,7 +48,8 @@ def effdet_predictor(loaded: Any) -> Any:
         config.name, pretrained=False, pretrained_backbone=False, bench_task="predict",
         num_classes=config.num_classes, image_size=config.image_size,
     ).eval()
-    missing, unexpected = bench.model.load_state_dict(loaded.model.state_dict(), strict=False)
+    state = torch.load(effdet_weights, map_location="cpu") if effdet_weights else loaded.model.state_dict()
+    missing, unexpected = bench.model.load_state_dict(state, strict=False)
     if missing or unexpected:
         print(f"effdet: weights not loaded ({len(missing)} missing, {len(unexpected)} unexpected "
               "keys); it runs with random weights", file=sys.stderr)
@@ -77,6 +80,8 @@ def effdet_predictor(loaded: Any) -> Any:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     benchmark_cli.add_arguments(parser)
+    parser.add_argument("--effdet-weights", help="effdet state dict for its side (e.g. the same "
+                        "file as --weights when that is one)")
     args = parser.parse_args()
     threads = args.threads or 2
     setup(threads)
@@ -87,7 +92,7 @@ def main() -> None:
     rows = run_benchmark(
         loaded, out / "exports", variants, images=images, data=data, calibration=calibration,
         label_to_category_id=label_map, repeats=args.repeats, threads=threads, device=args.device,
-        others={"effdet predict": effdet_predictor(loaded)},
+        others={"effdet predict": effdet_predictor(loaded, args.effdet_weights)},
     ) + skipped
     reference = next(r for r in rows if r.variant == "effdet predict")
     for row in rows:
@@ -96,6 +101,7 @@ def main() -> None:
                         + row.note).rstrip("; ")
     header = benchmark_cli._header(args, loaded, threads, data)
     header[2] = f"- command: `.venv/bin/python benchmarks/bench_formats.py {' '.join(sys.argv[1:])}`"
+    header.append(f"- effdet: {'weights of ' + args.effdet_weights if args.effdet_weights else 'see stderr for whether the weights loaded'}")
     header.append(f"- {machine()}")
     paths = write_report(rows, out, header)
     print("\n".join(header))
