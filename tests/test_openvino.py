@@ -267,3 +267,21 @@ def test_full_size_export_matches_eager(name: str, int8_overlap: float | None, t
         if int8_overlap is not None:
             ious = _box_iou(got["boxes"][:10], exp["boxes"][:100])
             assert float((ious.max(dim=1).values > 0.5).float().mean()) >= int8_overlap
+
+
+def test_int8_leaves_the_prediction_layers_and_post_processing_float(tiny, tmp_path) -> None:
+    from efficientdet.deploy.openvino_backend import postprocess_nodes, prediction_convolutions
+
+    path = tmp_path / "raw_int8.xml"
+    batches = [np.random.default_rng(i).standard_normal((1, 3, 128, 128), dtype=np.float32)
+               for i in range(2)]
+    export_openvino(tiny, path, with_nms=False, calibration=Calibration(batches, "random"))
+    quantized = ov.Core().read_model(str(path))
+    predictions = prediction_convolutions(quantized)
+    assert len(predictions) == 2 * len(tiny.config.levels)  # class and box, every level
+    for op in quantized.get_ordered_ops():
+        if op.get_type_name() != "Convolution":
+            continue
+        fed_by = {port.get_source_output().get_node().get_type_name() for port in op.inputs()}
+        assert ("FakeQuantize" in fed_by) == (op.get_friendly_name() not in predictions)
+    assert postprocess_nodes(quantized) == []  # a raw graph has none

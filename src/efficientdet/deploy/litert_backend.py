@@ -7,8 +7,11 @@ package's NMS operator, so decoding and NMS stay outside the graph: the package'
 post-processing runs them (:class:`~efficientdet.deploy.exported.ExportedDetector`).
 
 Given :class:`~efficientdet.deploy.calibration.Calibration` images, the export is full-integer
-post-training quantized: int8 weights (per output channel) and int8 activations, calibrated
-on those images, with float32 input and outputs.
+post-training quantized by ai-edge-quantizer on the float flatbuffer: int8 weights (per output
+channel) and int8 activations (per tensor, ranges the min / max over those images), int8 input
+and outputs too, which :class:`LiteRTRunner` quantizes and dequantizes so callers see float32.
+(litert-torch's own PT2E path fails to convert this network: the quantized output transposes
+break the converter's same-scale constraint.)
 
 The file's :class:`~efficientdet.deploy.metadata.ExportMetadata` is one entry of the
 flatbuffer's own ``metadata`` list (name :data:`METADATA_NAME`, its buffer the JSON text);
