@@ -131,6 +131,8 @@ def test_format_comes_from_the_suffix_or_must_match_it() -> None:
         format_for("m.onnx", "openvino")
     with pytest.raises(ValueError, match="give --format"):
         format_for("model")
+    assert format_for("model", default="onnx") == "onnx"  # the command's default
+    assert format_for("m.xml", default="onnx") == "openvino"
     with pytest.raises(ValueError, match="not one of"):
         format_for("m.onnx", "tensorrt")
     assert runtime_for("a/b.tflite") == "litert" and runtime_for("x.safetensors") is None

@@ -101,24 +101,22 @@ def _is_export(args: argparse.Namespace) -> bool:
 
 
 def _exported(args: argparse.Namespace) -> _Subject:
-    """An exported file (ONNX, OpenVINO, LiteRT) in its runtime."""
-    from ..deploy.backends import resolve_backend
-    from ..deploy.runtimes import load_exported
+    """An exported file (ONNX, OpenVINO, LiteRT) in its runtime, loaded and checked as
+    ``predict`` loads it (:func:`~efficientdet.deploy.backends.build_predictor`)."""
+    from ..deploy.backends import build_predictor
+    from ..inference.predictor import LetterboxPredictor
 
-    if tta_config(args) is not None:
-        raise ValueError("--tta needs the PyTorch backend: an export runs one fixed input size")
-    if args.weights is None:
-        raise ValueError(f"--backend {args.backend} evaluates an exported file: give --weights")
-    detector = load_exported(
-        args.weights, resolve_backend(args.weights, args.backend), device=args.device,
+    predictor = build_predictor(
+        args.weights, backend=args.backend, image_size=image_size(args.image_size),
         score_threshold=0.001, max_detections=args.max_detections, nms=args.nms,
+        device=args.device, tta=tta_config(args),
     )
-    meta = detector.metadata
-    if args.image_size and tuple(image_size(args.image_size) or ()) != meta.image_size:
-        raise ValueError(f"{args.weights} was exported for {meta.image_size[0]}x{meta.image_size[1]}")
+    letterbox = predictor.predict_fn
+    if not isinstance(letterbox, LetterboxPredictor):  # build_predictor's contract for exports
+        raise TypeError(f"an export's predictor is a LetterboxPredictor, got {type(letterbox)}")
     return _Subject(
-        detector.detect, meta.class_names, meta.label_to_category_id, meta.num_classes,
-        meta.image_size, meta.mean, meta.std, "cpu",
+        letterbox.detect, predictor.class_names, predictor.label_to_category_id,
+        predictor.num_classes, letterbox.image_size, letterbox.mean, letterbox.std, "cpu",
     )
 
 

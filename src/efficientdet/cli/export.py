@@ -4,7 +4,6 @@ in fp32 or calibrated int8 (:func:`efficientdet.deploy.formats.export_model`).""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..deploy.calibration import DEFAULT_CALIBRATION_IMAGES
 from ..deploy.export import BatchSpec
@@ -67,8 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from ..deploy.formats import export_model, format_for
     from ..inference.loading import load_model
 
-    fmt = format_for(args.out, args.format) if args.format or _has_known_suffix(args.out) \
-        else "onnx"
+    fmt = format_for(args.out, args.format, default="onnx")
     if args.int8 != bool(args.calibration):
         raise ValueError("--int8 needs --calibration DATA (the images that calibrate it), "
                          "and --calibration is for --int8")
@@ -100,8 +98,3 @@ def run(args: argparse.Namespace) -> int:
     )
     return 0
 
-
-def _has_known_suffix(path: str) -> bool:
-    from ..deploy.formats import FORMAT_SUFFIX
-
-    return Path(path).suffix.lower() in FORMAT_SUFFIX.values()

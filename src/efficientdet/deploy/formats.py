@@ -35,16 +35,19 @@ def holds_nms(fmt: str) -> bool:
     return fmt in ("onnx", "openvino")
 
 
-def format_for(path: str | Path, fmt: str | None = None) -> str:
-    """The format to write ``path`` in: ``fmt``, else the one its suffix names.
+def format_for(path: str | Path, fmt: str | None = None, default: str | None = None) -> str:
+    """The format to write ``path`` in: ``fmt``, else the one its suffix names, else
+    ``default`` (when given).
 
     Raises:
-        ValueError: an unknown ``fmt``, a suffix that names no format when ``fmt`` is None,
-            or a suffix that is not ``fmt``'s.
+        ValueError: an unknown ``fmt``, a suffix that names no format when neither ``fmt``
+            nor ``default`` is given, or a suffix that is not ``fmt``'s.
     """
     suffix = Path(path).suffix.lower()
     by_suffix = next((name for name, ext in FORMAT_SUFFIX.items() if ext == suffix), None)
     if fmt is None:
+        if by_suffix is None and default is not None:
+            return default
         if by_suffix is None:
             known = ", ".join(f"{ext} ({name})" for name, ext in FORMAT_SUFFIX.items())
             raise ValueError(f"{path}: give --format, or a file name ending in {known}")
