@@ -142,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
 
         run_ray(predictor_options, config, RayOptions(
             host=args.host, port=args.port, replicas=args.replicas, replica_cpus=args.replica_cpus,
+            grace_s=args.grace,
         ), model_name=name)
         return 0
     from ..deploy.backends import build_predictor
