@@ -156,11 +156,11 @@ def build_application(
 
     ingress = serve.ingress(build_asgi_app)(EfficientDetReplica)
     deployment = serve.deployment(
-        ingress, name="efficientdet", num_replicas=options.replicas,
+        name="efficientdet", num_replicas=options.replicas,
         ray_actor_options={"num_cpus": options.replica_cpus},
         max_ongoing_requests=config.limits.max_concurrency,
         graceful_shutdown_timeout_s=options.grace_s,
-    )
+    )(ingress)
     return deployment.bind()
 
 
