@@ -264,6 +264,7 @@ def _soak_client(url: str, good: bytes, bad: list[tuple[str, bytes]], stop: thre
                     draining = answer.status_code == 503 and "shutting down" in answer.text
                     if not 400 <= answer.status_code < 500 and not draining:
                         bad_log.bad_wrong.append(f"{name}: HTTP {answer.status_code}")
+                    _honour_retry_after(answer)
                 except httpx.HTTPError:
                     pass  # judged with the good ones: the server going away at the end
                 continue
@@ -272,10 +273,17 @@ def _soak_client(url: str, good: bytes, bad: list[tuple[str, bytes]], stop: thre
                 answer = client.post(f"{url}/predict", files={"file": ("photo.jpg", good, "image/jpeg")})
                 detail = "" if answer.status_code == 200 else answer.text[:200]
                 requests.append(Request(start, time.monotonic(), answer.status_code, detail))
+                _honour_retry_after(answer)
             except httpx.HTTPError as err:
                 requests.append(Request(start, time.monotonic(), None, f"{type(err).__name__}: {err}"))
                 if isinstance(err, httpx.ConnectError):
                     time.sleep(0.2)  # the server has stopped listening
+
+
+def _honour_retry_after(answer: httpx.Response) -> None:
+    """A well-behaved client waits as long as a 503's ``Retry-After`` says."""
+    if answer.status_code == 503:
+        time.sleep(float(answer.headers.get("retry-after", "1")))
 
 
 def _slow_client(port: int, body: bytes, stop: threading.Event, interval: float, cap_s: float,
