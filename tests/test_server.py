@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from efficientdet.deploy.backends import Predictor, build_predictor  # noqa: E402
 from efficientdet.deploy.limits import Limits  # noqa: E402
+from efficientdet.deploy.security import Security  # noqa: E402
 from efficientdet.deploy.server import ServerConfig, create_app  # noqa: E402
 from serving import (  # noqa: E402
     CLASSES,
@@ -180,28 +181,46 @@ def _chrome_driver():
     return webdriver.Chrome(service=Service(driver_path), options=options)
 
 
-def test_web_ui_in_a_browser_draws_the_detections(predictor, tmp_path):
+def _wait_state(driver) -> str:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
+    WebDriverWait(driver, 60).until(
+        lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state")
+        in ("done", "error")
+    )
+    return str(driver.find_element(By.TAG_NAME, "body").get_attribute("data-state"))
+
+
+def test_web_ui_in_a_browser_draws_the_detections(predictor, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    key = "browser-test-key"
     picture = tmp_path / "street.png"
     Image.new("RGB", (320, 240), (90, 140, 200)).save(picture)
     driver = _chrome_driver()
+    config = ServerConfig(security=Security(api_key=key))
     try:
-        with LiveServer(create_app(predictor)) as url:
+        with LiveServer(create_app(predictor, config)) as url:
             expected = httpx.post(
-                f"{url}/predict", files={"file": ("street.png", picture.read_bytes(), "image/png")}
+                f"{url}/predict", files={"file": ("street.png", picture.read_bytes(), "image/png")},
+                headers={"X-API-Key": key},
             ).json()["detections"]
             driver.get(f"{url}/")
             threshold = driver.find_element(By.ID, "threshold")
             threshold.clear()
             threshold.send_keys("0")
-            driver.find_element(By.ID, "file").send_keys(str(picture))
-            WebDriverWait(driver, 60).until(
-                lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state")
-                in ("done", "error")
-            )
+            file_input = driver.find_element(By.ID, "file")
+            file_input.send_keys(str(picture))  # no key yet: refused, and the page says why
+            refused_state = _wait_state(driver)
+            refused = driver.find_element(By.ID, "status").text
+            driver.find_element(By.ID, "apikey").send_keys(key)
+            driver.execute_script("document.getElementById('file').value = '';"
+                                  "document.body.dataset.state = '';")
+            file_input.send_keys(str(picture))
+            state = _wait_state(driver)
             status = driver.find_element(By.ID, "status").text
+            stored = driver.execute_script("return localStorage.getItem('efficientdet-api-key');")
             items = [
                 item.get_attribute("data-category")
                 for item in driver.find_elements(By.CSS_SELECTOR, "#detections li.detection")
@@ -219,6 +238,9 @@ def test_web_ui_in_a_browser_draws_the_detections(predictor, tmp_path):
             driver.save_screenshot(str(tmp_path / "webui.png"))
     finally:
         driver.quit()
+    assert refused_state == "error" and refused.startswith("HTTP 401: "), refused
+    assert refused.endswith("(enter the server's API key above)")
+    assert state == "done" and stored == key
     assert status.startswith("street.png: 320x240"), status
     assert len(items) == len(expected) > 0
     assert items == [d["category"] for d in expected]
