@@ -109,6 +109,23 @@ def test_serve_refuses_to_listen_beyond_loopback_without_a_key(checkpoint, capsy
         Security(api_key="short")
 
 
+def test_serve_takes_the_key_from_the_environment_and_serves_its_own_address(monkeypatch):
+    from efficientdet.cli import serve as serve_command
+    from efficientdet.cli.main import build_parser
+
+    parser = build_parser()
+    argv = ["serve", "--weights", "w.safetensors", "--host", "192.0.2.7", "--allowed-host",
+            "detect.example.com", "--cors-origin", "https://app.example.com"]
+    monkeypatch.setenv("EFFICIENTDET_API_KEY", KEY)
+    rules = serve_command._security(parser.parse_args(argv))
+    assert rules.api_key == KEY
+    assert rules.allowed_hosts == ("localhost", "127.0.0.1", "::1", "192.0.2.7", "detect.example.com")
+    assert rules.cors_origins == ("https://app.example.com",)
+    monkeypatch.delenv("EFFICIENTDET_API_KEY")
+    open_rules = serve_command._security(parser.parse_args(["serve", "--host", "0.0.0.0", "--insecure"]))
+    assert open_rules.api_key is None and "0.0.0.0" not in open_rules.allowed_hosts
+
+
 def test_5xx_carry_a_request_id_and_the_log_has_the_details(predictor, caplog):
     def broken(images):
         raise RuntimeError("CUDA error: out of memory at /secret/path/model.py:42")
