@@ -69,7 +69,8 @@ def test_ray_serve_replicas_give_the_single_server_detections(tmp_path):
         assert [a.status_code for a in answers] == [200] * 8
         assert max(a.json()["batch_size"] for a in answers) > 1  # @serve.batch joined them
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=120) == 0
+        status = process.wait(timeout=120)
+        assert status == 0, process.stdout.read()[-3000:] if process.stdout else status
     finally:
         if process.poll() is None:
             process.kill()

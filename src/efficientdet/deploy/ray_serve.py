@@ -175,15 +175,15 @@ def run_ray(
     Serve's proxy on ``options.host:options.port``, and serve until SIGTERM or SIGINT; then
     shut the deployment down (its replicas finish their requests within ``grace_s``)."""
     ray.init(include_dashboard=False)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # after ray.init, which installs its own
+        signal.signal(sig, lambda *_: stop.set())
     try:
         serve.start(http_options={"host": options.host, "port": options.port})
         serve.run(build_application(predictor_options, config, options, model_name=model_name),
                   name="efficientdet", route_prefix="/", blocking=False)
         log.info("Ray Serve: %d replicas of %s on http://%s:%d", options.replicas, model_name,
                  options.host, options.port)
-        stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):  # after ray.init, which sets its own
-            signal.signal(sig, lambda *_: stop.set())
         while not stop.wait(0.5):
             pass
         log.info("stopping: the replicas finish their requests (at most %g s)", options.grace_s)
