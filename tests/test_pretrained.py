@@ -454,7 +454,7 @@ def test_predict_and_serve_commands_report_no_unused_category(
     predictor = build_predictor(
         None, pretrained=True, model_name="efficientdet_test", score_threshold=0.0, device="cpu"
     )
-    with TestClient(create_app(predictor)) as client:
+    with TestClient(create_app(predictor), base_url="http://localhost") as client:
         answer = client.post("/predict", content=(images / "photo.jpg").read_bytes(),
                              headers={"content-type": "image/jpeg"})
     assert answer.status_code == 200, answer.text

@@ -3,12 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
-import socket
-import subprocess
-import sys
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,48 +16,33 @@ uvicorn = pytest.importorskip("uvicorn", reason="the serve extra (uvicorn) is no
 from fastapi.testclient import TestClient  # noqa: E402
 
 from efficientdet.deploy.backends import Predictor, build_predictor  # noqa: E402
+from efficientdet.deploy.limits import Limits  # noqa: E402
+from efficientdet.deploy.security import Security  # noqa: E402
 from efficientdet.deploy.server import ServerConfig, create_app  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-CLASSES = ["cat", "dog", "bird"]
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import efficientdet as ed
-
-    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
-    model = ed.create_model("efficientdet_test", num_classes=3)
-    return ed.save_checkpoint(model, path, metadata={"class_names": CLASSES})
+from serving import (  # noqa: E402
+    CLASSES,
+    LiveServer,
+    counting,
+    png,
+    start_serve_command,
+    tiny_checkpoint,
+    tiny_predictor,
+)
 
 
 @pytest.fixture(scope="module")
-def predictor(tiny_checkpoint: Path) -> Predictor:
-    # Random weights score about 0.01: keep everything so that there are boxes to check.
-    return build_predictor(tiny_checkpoint, score_threshold=0.0, max_detections=5, device="cpu")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("weights"))
 
 
-def _png(size=(96, 64), color=(200, 40, 40)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, color).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _counting(predictor: Predictor, delay: float = 0.0) -> tuple[Predictor, list[int]]:
-    """The same predictor, recording each call's batch size and taking ``delay`` s longer."""
-    calls: list[int] = []
-
-    def predict_fn(images):
-        calls.append(len(images))
-        time.sleep(delay)
-        return predictor.predict_fn(images)
-
-    return predictor._replace(predict_fn=predict_fn), calls
+@pytest.fixture(scope="module")
+def predictor(checkpoint: Path) -> Predictor:
+    return tiny_predictor(checkpoint)
 
 
 def test_predict_multipart_and_raw_body(predictor):
-    with TestClient(create_app(predictor)) as client:
-        answer = client.post("/predict", files={"file": ("red.png", _png(), "image/png")})
+    with TestClient(create_app(predictor), base_url="http://localhost") as client:
+        answer = client.post("/predict", files={"file": ("red.png", png(), "image/png")})
         assert answer.status_code == 200, answer.text
         body = answer.json()
         assert (body["file_name"], body["width"], body["height"]) == ("red.png", 96, 64)
@@ -73,7 +52,7 @@ def test_predict_multipart_and_raw_body(predictor):
             assert 0 <= x1 <= x2 <= 96 and 0 <= y1 <= y2 <= 64  # the upload's own pixels
             assert det["category"] == CLASSES[det["label"]]
             assert det["category_id"] == det["label"]
-        raw = client.post("/predict?name=raw.png", content=_png(),
+        raw = client.post("/predict?name=raw.png", content=png(),
                           headers={"content-type": "image/png"})
         assert raw.status_code == 200
         assert raw.json()["detections"] == body["detections"]
@@ -81,25 +60,25 @@ def test_predict_multipart_and_raw_body(predictor):
 
 
 def test_bad_uploads_get_400_naming_the_file(predictor):
-    with TestClient(create_app(predictor)) as client:
+    with TestClient(create_app(predictor), base_url="http://localhost") as client:
         text = client.post("/predict", files={"file": ("notes.txt", b"hello, not pixels", "text/plain")})
         assert text.status_code == 400
         assert text.json()["error"] == "notes.txt: not an image (format not recognised)"
         empty = client.post("/predict", files={"file": ("void.jpg", b"", "image/jpeg")})
         assert empty.status_code == 400 and "void.jpg: file is empty" in empty.json()["error"]
-        cut = client.post("/predict", files={"file": ("cut.png", _png()[:60], "image/png")})
+        cut = client.post("/predict", files={"file": ("cut.png", png()[:60], "image/png")})
         assert cut.status_code == 400 and cut.json()["error"].startswith("cut.png: truncated")
         no_file = client.post("/predict", data={"note": "no image here"},
                               files={"other": ("", b"", "application/octet-stream")})
         assert no_file.status_code == 400
         assert "the multipart form has no file field" in no_file.json()["error"]
         # The server is still fine afterwards.
-        assert client.post("/predict", content=_png()).status_code == 200
+        assert client.post("/predict", content=png()).status_code == 200
 
 
 def test_limits_on_size_and_pixels(predictor):
-    config = ServerConfig(max_upload_bytes=2000, max_pixels=200 * 200)
-    with TestClient(create_app(predictor, config)) as client:
+    config = ServerConfig(limits=Limits(max_upload_bytes=2000, max_pixels=200 * 200))
+    with TestClient(create_app(predictor, config), base_url="http://localhost") as client:
         big = client.post("/predict", files={"file": ("big.bmp", b"B" * 5000, "image/bmp")})
         assert big.status_code == 413 and "above the limit of 2000 bytes" in big.json()["error"]
         # A small file with many pixels: refused from its header, before decoding.
@@ -114,10 +93,10 @@ def test_limits_on_size_and_pixels(predictor):
 
 
 def test_request_time_limit_gives_504(predictor):
-    slow, _ = _counting(predictor, delay=1.5)
+    slow, _ = counting(predictor, delay=1.5)
     config = ServerConfig(request_timeout_s=0.3, warmup=False)
-    with TestClient(create_app(slow, config)) as client:
-        answer = client.post("/predict", files={"file": ("slow.png", _png(), "image/png")})
+    with TestClient(create_app(slow, config), base_url="http://localhost") as client:
+        answer = client.post("/predict", files={"file": ("slow.png", png(), "image/png")})
         assert answer.status_code == 504
         assert answer.json()["error"] == (
             "slow.png: no result within the limit of 0.3 s (the server is busy)"
@@ -126,11 +105,11 @@ def test_request_time_limit_gives_504(predictor):
 
 def test_health_ready_and_web_ui(predictor):
     app = create_app(predictor)
-    client = TestClient(app)  # not started: the model has not run yet
+    client = TestClient(app, base_url="http://localhost")  # not started: the model has not run yet
     assert client.get("/health").json() == {"status": "ok"}
     assert client.get("/ready").status_code == 503
-    assert client.post("/predict", content=_png()).status_code == 503
-    with TestClient(app) as started:
+    assert client.post("/predict", content=png()).status_code == 503
+    with TestClient(app, base_url="http://localhost") as started:
         ready = started.get("/ready")
         assert ready.status_code == 200 and ready.json()["ready"] is True
         page = started.get("/")
@@ -138,31 +117,9 @@ def test_health_ready_and_web_ui(predictor):
         assert "<script src" not in page.text and "https://" not in page.text  # no CDN
 
 
-class LiveServer:
-    """uvicorn in a background thread on a free port of 127.0.0.1."""
-
-    def __init__(self, app) -> None:
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0,
-                                                    log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.02)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-
-
 def _concurrent_posts(url: str, count: int) -> list[httpx.Response]:
     def post(i: int) -> httpx.Response:
-        return httpx.post(f"{url}/predict", files={"file": (f"{i}.png", _png(), "image/png")},
+        return httpx.post(f"{url}/predict", files={"file": (f"{i}.png", png(), "image/png")},
                           timeout=60)
 
     with ThreadPoolExecutor(count) as pool:
@@ -171,7 +128,7 @@ def _concurrent_posts(url: str, count: int) -> list[httpx.Response]:
 
 def test_concurrent_requests_are_batched_on_a_live_server(predictor):
     # Each model call takes 0.4 s longer, so requests pile up while one runs.
-    slow, calls = _counting(predictor, delay=0.4)
+    slow, calls = counting(predictor, delay=0.4)
     config = ServerConfig(max_batch=8, batch_wait_ms=50, warmup=False)
     with LiveServer(create_app(slow, config)) as url:
         answers = _concurrent_posts(url, 8)
@@ -181,43 +138,20 @@ def test_concurrent_requests_are_batched_on_a_live_server(predictor):
     assert stats["model_calls"] == len(calls) and stats["images"] == 8
     assert max(a.json()["batch_size"] for a in answers) > 1
 
-    single, calls_one = _counting(predictor, delay=0.0)
+    single, calls_one = counting(predictor, delay=0.0)
     with LiveServer(create_app(single, ServerConfig(max_batch=1, warmup=False))) as url:
         answers = _concurrent_posts(url, 4)
     assert [a.status_code for a in answers] == [200] * 4 and calls_one == [1, 1, 1, 1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_serve_command_on_localhost(tiny_checkpoint, tmp_path):
-    port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "efficientdet", "serve", "--weights", str(tiny_checkpoint),
-         "--port", str(port), "--score-threshold", "0"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+def test_serve_command_on_localhost(checkpoint):
+    process, url = start_serve_command(checkpoint)
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, process.stdout.read() if process.stdout else ""
-            assert time.monotonic() < deadline, "the server did not become ready"
-            try:
-                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        answer = httpx.post(f"{url}/predict", files={"file": ("a.png", _png(), "image/png")})
+        answer = httpx.post(f"{url}/predict", files={"file": ("a.png", png(), "image/png")})
         assert answer.status_code == 200 and answer.json()["detections"]
     finally:
         process.terminate()
-        process.wait(timeout=30)
+        assert process.wait(timeout=30) == 0  # drained (nothing in flight) and exited cleanly
 
 
 def test_serve_command_needs_weights(capsys):
@@ -247,28 +181,46 @@ def _chrome_driver():
     return webdriver.Chrome(service=Service(driver_path), options=options)
 
 
-def test_web_ui_in_a_browser_draws_the_detections(predictor, tmp_path):
+def _wait_state(driver) -> str:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
+    WebDriverWait(driver, 60).until(
+        lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state")
+        in ("done", "error")
+    )
+    return str(driver.find_element(By.TAG_NAME, "body").get_attribute("data-state"))
+
+
+def test_web_ui_in_a_browser_draws_the_detections(predictor, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    key = "browser-test-key"
     picture = tmp_path / "street.png"
     Image.new("RGB", (320, 240), (90, 140, 200)).save(picture)
     driver = _chrome_driver()
+    config = ServerConfig(security=Security(api_key=key))
     try:
-        with LiveServer(create_app(predictor)) as url:
+        with LiveServer(create_app(predictor, config)) as url:
             expected = httpx.post(
-                f"{url}/predict", files={"file": ("street.png", picture.read_bytes(), "image/png")}
+                f"{url}/predict", files={"file": ("street.png", picture.read_bytes(), "image/png")},
+                headers={"X-API-Key": key},
             ).json()["detections"]
             driver.get(f"{url}/")
             threshold = driver.find_element(By.ID, "threshold")
             threshold.clear()
             threshold.send_keys("0")
-            driver.find_element(By.ID, "file").send_keys(str(picture))
-            WebDriverWait(driver, 60).until(
-                lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state")
-                in ("done", "error")
-            )
+            file_input = driver.find_element(By.ID, "file")
+            file_input.send_keys(str(picture))  # no key yet: refused, and the page says why
+            refused_state = _wait_state(driver)
+            refused = driver.find_element(By.ID, "status").text
+            driver.find_element(By.ID, "apikey").send_keys(key)
+            driver.execute_script("document.getElementById('file').value = '';"
+                                  "document.body.dataset.state = '';")
+            file_input.send_keys(str(picture))
+            state = _wait_state(driver)
             status = driver.find_element(By.ID, "status").text
+            stored = driver.execute_script("return localStorage.getItem('efficientdet-api-key');")
             items = [
                 item.get_attribute("data-category")
                 for item in driver.find_elements(By.CSS_SELECTOR, "#detections li.detection")
@@ -286,6 +238,9 @@ def test_web_ui_in_a_browser_draws_the_detections(predictor, tmp_path):
             driver.save_screenshot(str(tmp_path / "webui.png"))
     finally:
         driver.quit()
+    assert refused_state == "error" and refused.startswith("HTTP 401: "), refused
+    assert refused.endswith("(enter the server's API key above)")
+    assert state == "done" and stored == key
     assert status.startswith("street.png: 320x240"), status
     assert len(items) == len(expected) > 0
     assert items == [d["category"] for d in expected]
@@ -293,19 +248,19 @@ def test_web_ui_in_a_browser_draws_the_detections(predictor, tmp_path):
     assert drawn > 100  # boxes and labels were painted over the picture
 
 
-def test_onnx_runtime_backend_serves_the_same_detections(tiny_checkpoint, predictor, tmp_path):
+def test_onnx_runtime_backend_serves_the_same_detections(checkpoint, predictor, tmp_path):
     pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
     import efficientdet as ed
     from efficientdet.deploy.export import export_onnx
 
-    model = ed.create_model("efficientdet_test", num_classes=3, checkpoint=str(tiny_checkpoint))
+    model = ed.create_model("efficientdet_test", num_classes=3, checkpoint=str(checkpoint))
     model = model.eval()
     onnx_path = tmp_path / "tiny.onnx"
     export_onnx(model, onnx_path, batch="dynamic", class_names=CLASSES)
     onnx_predictor = build_predictor(onnx_path, score_threshold=0.0, max_detections=5)
-    with TestClient(create_app(onnx_predictor)) as onnx_client, \
-            TestClient(create_app(predictor)) as torch_client:
-        upload = {"file": ("red.png", _png(), "image/png")}
+    with TestClient(create_app(onnx_predictor), base_url="http://localhost") as onnx_client, \
+            TestClient(create_app(predictor), base_url="http://localhost") as torch_client:
+        upload = {"file": ("red.png", png(), "image/png")}
         from_onnx = onnx_client.post("/predict", files=upload)
         from_torch = torch_client.post("/predict", files=upload)
     assert from_onnx.status_code == 200, from_onnx.text
