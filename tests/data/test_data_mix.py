@@ -6,7 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from efficientdet.data import DetectionDataset, EvalTransform, TrainTransform, load_dataset
+from efficientdet.data import (
+    DetectionDataset,
+    DetectionSample,
+    EvalTransform,
+    TrainTransform,
+    load_dataset,
+)
 from efficientdet.data.mix import PASTED, MixAugment, copy_paste, mixup, visible_part
 from efficientdet.data.mosaic import LabelledImage, clip_boxes, mosaic, mosaic_layout
 from efficientdet.data.transforms import TransformOutput
@@ -189,13 +195,31 @@ def test_an_inactive_mix_leaves_the_items_as_they_were(demo_train) -> None:
     assert all(_same(plain[(i, 5)], off[(i, 5)]) for i in range(4))
 
 
-def test_mosaic_items_hold_boxes_of_several_images(demo_train) -> None:
-    transform = TrainTransform(128, hflip_prob=0.0, scale_range=(1.0, 1.0))
-    dataset = DetectionDataset(demo_train, transform, mix=MixAugment(mosaic_prob=1.0))
-    single = DetectionDataset(demo_train, transform)
-    counts = [len(dataset[(i, 3)][1]["boxes"]) for i in range(len(demo_train))]
-    alone = [len(single[(i, 3)][1]["boxes"]) for i in range(len(demo_train))]
-    assert sum(counts) > sum(alone) // 2 and counts != alone
+COLOURS = ((255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255))
+
+
+def test_mosaic_items_box_the_pixels_of_their_images(tmp_path, make_image) -> None:
+    # Five 64 x 64 images of one colour each, boxed whole; with no flip, no jitter and a 64 px
+    # input the mosaic is the network input, so each kept box must hold its image's colour alone.
+    samples = [
+        DetectionSample(make_image(tmp_path / f"{k}.png", 64, 64, colour), k + 1, (64, 64), [[0, 0, 64, 64]], [k])
+        for k, colour in enumerate(COLOURS)
+    ]
+    transform = TrainTransform(64, hflip_prob=0.0, scale_range=(1.0, 1.0), **PLAIN)
+    dataset = DetectionDataset(samples, transform, mix=MixAugment(mosaic_prob=1.0))
+    several = 0
+    for seed in range(10):
+        image, target = dataset[(0, seed)]
+        labels = target["labels"].tolist()
+        several += len(set(labels)) > 1
+        for box, label in zip(target["boxes"].tolist(), labels, strict=True):
+            x0, y0, x1, y1 = (int(v) for v in box)
+            assert [x0, y0, x1, y1] == box  # whole pixels: tile edges
+            area = (x1 - x0) * (y1 - y0)
+            assert area >= 0.25 * 64 * 64  # the min_visible rule
+            inside = image[:, y0:y1, x0:x1].reshape(3, -1).T * 255
+            assert torch.equal(inside.round(), torch.tensor(COLOURS[label], dtype=torch.float32).expand_as(inside))
+    assert several > 5
 
 
 def test_mixing_needs_the_training_transform(demo_train) -> None:
