@@ -1,19 +1,29 @@
 """The budgeted recipe (``efficientdet train --data D --minutes M``) on generated datasets of
-several kinds and sizes, each at several budgets, with no ``--set``.
+several kinds and sizes, each at several budgets, with no ``--set`` (or with the same ``--set``
+options for every run, as a named variant).
 
     python benchmarks/budget_recipe_study.py --out runs/budget_study --minutes 5 10
+    python benchmarks/budget_recipe_study.py --out runs/family_study --families all --minutes 5 10
+    python benchmarks/budget_recipe_study.py --out runs/family_study --families all --minutes 10 \\
+        --variant mosaic --set data.mosaic_prob=0.5
 
-generates the datasets below (deterministic; reused when already there), runs the command
-above for every dataset and budget, one after the other on an otherwise idle machine (the
-budget is wall-clock time), and writes ``results.json`` (every run: AP, AP50, wall time, the
-recipe it chose) and ``results.md`` (the table in the README) as it goes. Runs already in
-``results.json`` are skipped, so a stopped study continues where it was.
+generates the datasets (deterministic; reused when already there), runs the command above for
+every dataset and budget, one after the other on an otherwise idle machine (the budget is
+wall-clock time), and writes ``results.json`` (every run: AP, AP50, wall time, the recipe it
+chose) and ``results.md`` as it goes. Runs already in ``results.json`` are skipped, so a
+stopped study continues where it was; a variant's runs are stored apart from the plain ones.
 
-Datasets: the digit scenes (scikit-learn digits on photo crops, 320 px, 10 classes) with 100,
-300 and 1,000 training images, and scikit-image photo cut-outs (6 classes with sparse COCO ids,
-mirrored at random, 10 % empty images) at 480 x 360 / 360 x 480 with objects of 40-140 px and
-at 640 x 480 with objects of 12-40 px (``benchmarks/photo_objects.py``). Each has its own seed,
-and the validation images are drawn separately from the training ones.
+Datasets (``--datasets``, the default without ``--families``): the digit scenes (scikit-learn
+digits on photo crops, 320 px, 10 classes) with 100, 300 and 1,000 training images, and
+scikit-image photo cut-outs (6 classes with sparse COCO ids, mirrored at random, 10 % empty
+images) at 480 x 360 / 360 x 480 with objects of 40-140 px and at 640 x 480 with objects of
+12-40 px (``benchmarks/photo_objects.py``). Each has its own seed, and the validation images
+are drawn separately from the training ones.
+
+Families (``--families``, ``benchmarks/families.py``): ``--sets`` sets of each family (seeds
+1, 2, ...; 300 training and 100 validation images), named ``FAMILY-SEED``. ``results.md`` then
+also gives, for each family and budget, AP and AP50 as the mean over its sets with their
+range, and over the families the mean, the minimum (the family it is) and the worst set.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 from efficientdet.data import write_demo_dataset  # noqa: E402
+from families import FAMILIES, write_family  # noqa: E402
 from photo_objects import write_photo_objects  # noqa: E402
 
 DATASETS: dict[str, dict[str, Any]] = {
@@ -41,28 +52,48 @@ DATASETS: dict[str, dict[str, Any]] = {
     "objects-300": {"kind": "objects", "size": "medium", "num_train": 300, "num_val": 100, "seed": 104},
     "small-objects-300": {"kind": "objects", "size": "small", "num_train": 300, "num_val": 100, "seed": 105},
 }
+FAMILY_TRAIN, FAMILY_VAL = 300, 100
 
 
-def make_dataset(root: Path, name: str) -> Path:
-    """Write dataset ``name`` under ``root`` (once) and return its data.yaml."""
-    spec = DATASETS[name]
+def family_sets(families: list[str], sets: int, num_train: int = FAMILY_TRAIN,
+                num_val: int = FAMILY_VAL) -> dict[str, dict[str, Any]]:
+    """``sets`` datasets of each of ``families``: ``FAMILY-SEED`` for seeds 1..sets."""
+    return {
+        f"{family}-{seed}": {"kind": "family", "family": family, "seed": seed, "num_train": num_train,
+                             "num_val": num_val}
+        for family in families for seed in range(1, sets + 1)
+    }
+
+
+def make_dataset(root: Path, name: str, spec: dict[str, Any]) -> Path:
+    """Write dataset ``name`` under ``root`` (once for one ``spec``) and return its data.yaml."""
     out = root / name
-    if (out / "data.yaml").is_file():
+    stamp = out / "spec.json"
+    if (out / "data.yaml").is_file() and stamp.is_file() and json.loads(stamp.read_text()) == spec:
         return out / "data.yaml"
     if spec["kind"] == "digits":
         files = write_demo_dataset(out, seed=spec["seed"], num_train=spec["num_train"], num_val=spec["num_val"])
-        return Path(files.data_yaml)
-    return write_photo_objects(
-        out, num_train=spec["num_train"], num_val=spec["num_val"], size=spec["size"], seed=spec["seed"]
-    )
+        path = Path(files.data_yaml)
+    elif spec["kind"] == "family":
+        path = write_family(out, spec["family"], seed=spec["seed"], num_train=spec["num_train"],
+                            num_val=spec["num_val"])
+    else:
+        path = write_photo_objects(
+            out, num_train=spec["num_train"], num_val=spec["num_val"], size=spec["size"], seed=spec["seed"]
+        )
+    stamp.write_text(json.dumps(spec))
+    return path
 
 
-def run_one(data_yaml: Path, minutes: float, run_dir: Path) -> dict[str, Any]:
-    """``efficientdet train --data --minutes`` in a fresh process; its metrics and wall time."""
+def run_one(data_yaml: Path, minutes: float, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
+    """``efficientdet train --data --minutes`` (with ``--set`` ``overrides``) in a fresh
+    process; its metrics and wall time."""
     command = [
         sys.executable, "-m", "efficientdet", "train", "--data", str(data_yaml),
         "--minutes", f"{minutes:g}", "--set", f"run.out_dir={run_dir}", "--set", "run.progress=false",
     ]
+    for option in overrides:
+        command += ["--set", option]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -78,21 +109,60 @@ def run_one(data_yaml: Path, minutes: float, run_dir: Path) -> dict[str, Any]:
     }
 
 
-def write_markdown(results: dict[str, dict[str, Any]], budgets: list[float], path: Path) -> None:
-    header = "| dataset | train / val images | " + " | ".join(
-        f"{m:g} min: AP / AP50 (wall min)" for m in budgets
-    ) + " |"
-    lines = [header, "|" + "---|" * (2 + len(budgets))]
-    for name, spec in DATASETS.items():
+def result_key(name: str, minutes: float, variant: str = "") -> str:
+    """``DATASET@MINUTES``, with ``+VARIANT`` for a variant's run."""
+    return f"{name}@{minutes:g}" + (f"+{variant}" if variant else "")
+
+
+def _split_key(key: str) -> tuple[str, float, str]:
+    name, rest = key.split("@", 1)
+    minutes, _, variant = rest.partition("+")
+    return name, float(minutes), variant
+
+
+def _cell(values: list[float]) -> str:
+    """``mean (min-max)`` of one metric over a family's sets."""
+    mean = sum(values) / len(values)
+    return f"{mean:.3f}" if len(values) == 1 else f"{mean:.3f} ({min(values):.3f}-{max(values):.3f})"
+
+
+def family_lines(results: dict[str, dict[str, Any]], budgets: list[float], variant: str) -> list[str]:
+    """Per family and budget: AP and AP50 over its sets (mean, range); over the families: the
+    mean, the minimum of the family means and the worst single set."""
+    by_family: dict[str, dict[float, dict[str, list[float]]]] = {}
+    worst: dict[float, tuple[float, str]] = {}
+    for key, r in results.items():
+        name, minutes, var = _split_key(key)
+        family = name.rsplit("-", 1)[0]
+        if var != variant or family not in FAMILIES or minutes not in budgets:
+            continue
+        cell = by_family.setdefault(family, {}).setdefault(minutes, {"AP": [], "AP50": []})
+        cell["AP"].append(r["AP"])
+        cell["AP50"].append(r["AP50"])
+        if minutes not in worst or r["AP50"] < worst[minutes][0]:
+            worst[minutes] = (r["AP50"], name)
+    if not by_family:
+        return []
+    header = "| family | " + " | ".join(f"{m:g} min: sets, AP, AP50 (mean, range)" for m in budgets) + " |"
+    lines = ["", header, "|" + "---|" * (1 + len(budgets))]
+    for family in FAMILIES:
+        if family not in by_family:
+            continue
         cells = []
         for m in budgets:
-            r = results.get(f"{name}@{m:g}")
-            cells.append(
-                f"{r['AP']:.3f} / {r['AP50']:.3f} ({r['wall_minutes']:.1f})" if r else "not run"
-            )
-        lines.append(f"| {name} | {spec['num_train']} / {spec['num_val']} | " + " | ".join(cells) + " |")
-    lines += spread_lines(results, budgets)
-    path.write_text("\n".join(lines) + "\n")
+            c = by_family[family].get(m)
+            cells.append(f"{len(c['AP50'])}, {_cell(c['AP'])}, {_cell(c['AP50'])}" if c else "not run")
+        lines.append(f"| {family} | " + " | ".join(cells) + " |")
+    for m in budgets:
+        means = {f: sum(v[m]["AP50"]) / len(v[m]["AP50"]) for f, v in by_family.items() if m in v}
+        if not means:
+            continue
+        low = min(means, key=means.__getitem__)
+        lines.append(
+            f"\nAt {m:g} min, {len(means)} families: AP50 mean {sum(means.values()) / len(means):.3f}, "
+            f"minimum {means[low]:.3f} ({low}); worst set {worst[m][1]} ({worst[m][0]:.3f})"
+        )
+    return lines
 
 
 def spread_lines(results: dict[str, dict[str, Any]], budgets: list[float]) -> list[str]:
@@ -114,30 +184,81 @@ def spread_lines(results: dict[str, dict[str, Any]], budgets: list[float]) -> li
     return lines
 
 
+def write_markdown(results: dict[str, dict[str, Any]], budgets: list[float], path: Path,
+                   variants: dict[str, list[str]] | None = None) -> None:
+    """The table of every dataset that ran, a section per variant (the plain plan first), the
+    family summary under each, and the digit sets' spread."""
+    variants = variants or {}
+    seen = {_split_key(k)[0] for k in results}
+    names = [n for n in DATASETS if n in seen] + [n for n in dict.fromkeys(_split_key(k)[0] for k in results)
+                                                    if n not in DATASETS]
+    lines: list[str] = []
+    for variant in sorted({_split_key(k)[2] for k in results}, key=lambda v: (v != "", v)):
+        options = " ".join(f"--set {o}" for o in variants.get(variant, []))
+        lines.append(f"## {variant or 'plan'}" + (f" ({options})" if options else "") + "\n")
+        lines.append("| dataset | train / val images | " + " | ".join(
+            f"{m:g} min: AP / AP50 (wall min)" for m in budgets) + " |")
+        lines.append("|" + "---|" * (2 + len(budgets)))
+        for name in names:
+            runs = [results.get(result_key(name, m, variant)) for m in budgets]
+            if not any(runs):
+                continue
+            spec = {**DATASETS.get(name, {}), **next(r for r in runs if r)}  # older records: no sizes
+            sizes = f"{spec.get('num_train', '?')} / {spec.get('num_val', '?')}"
+            cells = [f"{r['AP']:.3f} / {r['AP50']:.3f} ({r['wall_minutes']:.1f})" if r else "not run" for r in runs]
+            lines.append(f"| {name} | {sizes} | " + " | ".join(cells) + " |")
+        lines += family_lines(results, budgets, variant)
+        if not variant:
+            lines += spread_lines(results, budgets)
+        lines.append("")
+    path.write_text("\n".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/budget_study"))
     parser.add_argument("--minutes", type=float, nargs="+", default=[5.0, 10.0])
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=None,
+                        help="the generated digit and photo sets (default: all of them, without --families)")
+    parser.add_argument("--families", nargs="+", choices=["all", *FAMILIES], default=[],
+                        help="dataset families (benchmarks/families.py); 'all' for every one")
+    parser.add_argument("--sets", type=int, default=2, help="sets of each family (seeds 1..N)")
+    parser.add_argument("--num-train", type=int, default=FAMILY_TRAIN, help="training images of a family set")
+    parser.add_argument("--num-val", type=int, default=FAMILY_VAL, help="validation images of a family set")
+    parser.add_argument("--variant", default="", help="a name for the runs with these --set options")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="an option for every run (needs --variant)")
     args = parser.parse_args()
+    if args.overrides and not args.variant:
+        parser.error("--set needs --variant NAME, so that those runs are stored apart from the plain ones")
+    families = list(FAMILIES) if "all" in args.families else args.families
+    datasets = args.datasets if args.datasets is not None else ([] if families else list(DATASETS))
+    specs = {**{n: DATASETS[n] for n in datasets},
+             **family_sets(families, args.sets, args.num_train, args.num_val)}
     args.out.mkdir(parents=True, exist_ok=True)
     store = args.out / "results.json"
-    results: dict[str, dict[str, Any]] = json.loads(store.read_text()) if store.is_file() else {}
-    for name in args.datasets:
-        data_yaml = make_dataset(args.out / "data", name)
+    saved = json.loads(store.read_text()) if store.is_file() else {}
+    results: dict[str, dict[str, Any]] = saved.get("runs", saved)  # older files: the runs alone
+    variants: dict[str, list[str]] = saved.get("variants", {})
+    if args.variant:
+        variants[args.variant] = args.overrides
+    for name, spec in specs.items():
+        data_yaml = make_dataset(args.out / "data", name, spec)
         for minutes in args.minutes:
-            key = f"{name}@{minutes:g}"
+            key = result_key(name, minutes, args.variant)
             if key in results:
                 continue
             print(f"{key} ...", flush=True)
-            results[key] = run_one(data_yaml, minutes, args.out / "runs" / key.replace("@", "_"))
+            run_dir = args.out / "runs" / key.replace("@", "_").replace("+", "_")
+            results[key] = {**run_one(data_yaml, minutes, run_dir, args.overrides), **spec}
             r = results[key]
             print(f"{key}: AP {r['AP']:.3f} AP50 {r['AP50']:.3f} in {r['wall_minutes']:.1f} min", flush=True)
-            store.write_text(json.dumps(results, indent=1))
-            write_markdown(results, args.minutes, args.out / "results.md")
+            store.write_text(json.dumps({"runs": results, "variants": variants}, indent=1))
+            write_markdown(results, args.minutes, args.out / "results.md", variants)
     # Every budget on record, so a later call for a few datasets keeps the other columns.
-    budgets = sorted({float(key.split("@")[1]) for key in results} | set(args.minutes))
-    write_markdown(results, budgets, args.out / "results.md")
+    budgets = sorted({_split_key(key)[1] for key in results} | set(args.minutes))
+    store.write_text(json.dumps({"runs": results, "variants": variants}, indent=1))
+    write_markdown(results, budgets, args.out / "results.md", variants)
     print((args.out / "results.md").read_text())
 
 

@@ -1,4 +1,5 @@
-"""Detection data: readers (COCO, Pascal VOC, YOLO), checks, augmentation, loading, demo data.
+"""Detection data: readers (COCO, Pascal VOC, YOLO), checks, augmentation (per image, and
+mosaic / mixup / copy-paste across images), loading, demo data.
 
 Boxes are ``xyxy`` float32 in absolute pixels and labels int64 in ``0..K-1`` everywhere;
 conversion happens in the readers. This package never imports the model.
@@ -28,6 +29,8 @@ from .dataset import (
 )
 from .demo import DIGIT_CLASS_NAMES, DemoFiles, write_demo_dataset
 from .load import detect_format, load_dataset
+from .mix import MixAugment, copy_paste, mixup
+from .mosaic import LabelledImage, mosaic
 from .sample import DataError, DetectionData, DetectionSample, IssueLog
 from .transforms import (
     EvalTransform,
@@ -48,6 +51,8 @@ __all__ = [
     "DetectionSample",
     "EvalTransform",
     "IssueLog",
+    "LabelledImage",
+    "MixAugment",
     "EpochSampler",
     "RunSampler",
     "SeededSampler",
@@ -60,12 +65,15 @@ __all__ = [
     "check_dataset",
     "coco_dict",
     "collate_detection",
+    "copy_paste",
     "detect_format",
     "format_report",
     "load_coco",
     "load_dataset",
     "load_voc",
     "load_yolo",
+    "mixup",
+    "mosaic",
     "write_coco",
     "write_demo_dataset",
 ]

@@ -24,10 +24,13 @@ import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.transforms.v2 import functional as F
 
 from ..devices import resolve_device
+from .mix import MixAugment
+from .mosaic import LabelledImage
 from .sample import DataError, DetectionData, DetectionSample
-from .transforms import TransformOutput
+from .transforms import TrainTransform, TransformOutput
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +75,11 @@ class DetectionDataset(Dataset):
             to :meth:`note_replaced` in the main process tells the loader workers started
             after it (forked from it). A training run's loader keeps its workers for the
             whole run, so each of them logs a file it meets once.
+        mix: the augmentations that combine images (mosaic, mixup, copy-paste), drawn for
+            each item by :class:`~efficientdet.data.mix.MixAugment` with the item's
+            generator; they need a :class:`~efficientdet.data.transforms.TrainTransform`.
+            The other images they read are replaced by the next readable one when they
+            cannot be read (unless ``on_unreadable="raise"``).
 
     Attributes:
         unreadable: sample index -> message, for the images found unreadable so far in this
@@ -84,10 +92,17 @@ class DetectionDataset(Dataset):
         transform: Transform,
         *,
         on_unreadable: str = "raise",
+        mix: MixAugment | None = None,
     ):
         if on_unreadable not in ON_UNREADABLE:
             raise ValueError(
                 f"on_unreadable={on_unreadable!r} is not one of {', '.join(ON_UNREADABLE)}"
+            )
+        self.mix = mix if mix is not None and mix.active else None
+        if self.mix is not None and not isinstance(transform, TrainTransform):
+            raise ValueError(
+                "mosaic, mixup and copy-paste need the training transform (TrainTransform), "
+                f"got {type(transform).__name__}"
             )
         self.samples: list[DetectionSample] = list(
             data.samples if isinstance(data, DetectionData) else data
@@ -121,7 +136,15 @@ class DetectionDataset(Dataset):
                 # Every file this item found unreadable: new entries come last in the dict.
                 replaced = list(self.unreadable.items())[known:] or [first_bad]
         sample = self.samples[index]
-        out = self.transform(image, sample.boxes, sample.labels, generator)
+        if self.mix is not None:
+            assert isinstance(self.transform, TrainTransform)
+            first = LabelledImage(F.pil_to_tensor(image), sample.boxes, sample.labels)
+            out = self.mix(
+                first, index, read=self._labelled, count=len(self.samples),
+                transform=self.transform, generator=generator,
+            )
+        else:
+            out = self.transform(image, sample.boxes, sample.labels, generator)
         target: Target = {
             "boxes": out.boxes,
             "labels": out.labels,
@@ -151,6 +174,18 @@ class DetectionDataset(Dataset):
                 log.warning("%s; %s", err, _UNREADABLE_ACTION[self.on_unreadable])
             self.unreadable[index] = str(err)
             raise
+
+    def _labelled(self, index: int) -> LabelledImage:
+        """Sample ``index`` as a uint8 tensor with its boxes, for the augmentations that
+        combine images (the next readable sample when it cannot be read, unless raising)."""
+        try:
+            image = self._read(index)
+        except DataError:
+            if self.on_unreadable == "raise":
+                raise
+            index, image = self._next_readable(index)
+        sample = self.samples[index]
+        return LabelledImage(F.pil_to_tensor(image), sample.boxes, sample.labels)
 
     def _next_readable(self, index: int) -> tuple[int, Image.Image]:
         """The first readable sample after ``index`` (wrapping around) and its image."""

@@ -16,6 +16,10 @@ of the rest), then picks the options that fit the budget:
 - how many augmented versions of each image to cache (``data.cache_views``): as many as a
   fifth of the budget computes, but no more than the epochs the rest of it trains;
 - left-right flips only when the class-average crops look the same mirrored;
+- mosaic, mixup and copy-paste (``data.mosaic_prob``, ...) as :mod:`.budget_rules` proposes;
+- the backbone frozen, or its last stages trained at a lower rate (``model.freeze_backbone``,
+  ``optim.backbone_lr_factor``) when :mod:`.budget_rules` finds the frozen plan has epochs
+  to spare (then the images are augmented on the fly: nothing to cache);
 - the learning-rate warm-up and the EMA horizon from the steps that fit.
 
 Every choice is an ordinary ``section.key=value`` option; a key the user set (``--config`` or
@@ -31,17 +35,19 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..config import ModelConfig
-from ..data import DetectionData, DetectionDataset, build_transform, load_dataset
+from ..data import DetectionData, MixAugment, load_dataset
 from ..detection.anchor_fit import fit_anchors, matched_share
-from ..devices import resolve_device, time_calls
+from ..devices import resolve_device
 from ..modeling.backbone import create_backbone
-from ..modeling.model import EfficientDet
 from ..modeling.pretrained import PRETRAINED
 from ..modeling.scaling import config_for_training
+from . import budget_rules as rules
+from .budget_data import DataSummary, summarize_data
+from .budget_data import mirror_asymmetry as mirror_asymmetry  # re-exported
+from .budget_speed import BATCH_SIZE, Speed, measure_unfrozen_step, measure_with_reading
 from .config import (
     DataSection,
     TrainConfig,
@@ -49,8 +55,9 @@ from .config import (
     read_config_dict,
     train_config_from_dict,
 )
-from .feature_cache import cache_bytes, inference_backbone
+from .feature_cache import cache_bytes
 from .loop import TrainResult, train
+from .parameters import backbone_stages
 
 DEFAULT_MODEL = "tf_efficientdet_lite0"
 INPUT_SIZES = (320, 384, 448, 512, 640)
@@ -61,9 +68,7 @@ ANCHOR_GAIN = 0.05  # fitted anchors are used when they match this much more
 CACHE_SHARE = 0.2  # of the budget, at most, spent computing cached views
 MAX_VIEWS = 32
 MID_RUN_EVAL_MINUTES = 20  # shorter budgets evaluate only at the end
-BATCH_SIZE = 8  # on a CPU: twice the updates of 16 for the same images a second
 LR = 0.015  # AdamW at batch 8 (0.007: AP50 0.81, 0.01: 0.85, 0.015: 0.87 on a 300-image digit set in 10 min)
-FLIP_RATIO = 1.5  # a class is asymmetric when mirrored halves differ this much more
 SCALE_RANGE = (0.8, 1.25)  # scale jitter of the augmented views
 
 
@@ -85,59 +90,6 @@ class Choice:
         else:
             text = str(value)
         return f"{self.key}={text}"
-
-
-@dataclass(frozen=True)
-class Speed:
-    """Seconds this machine takes, measured by :func:`measure_speed`.
-
-    Attributes:
-        backbone_per_image: the frozen backbone (BN folded, as the cache runs it), one image.
-        step: one training step of the neck and heads on cached maps at ``batch_size``.
-        full_per_image: the whole network in evaluation, one image.
-    """
-
-    backbone_per_image: float
-    step: float
-    full_per_image: float
-    batch_size: int
-    threads: int
-    device: str
-
-
-@dataclass(frozen=True)
-class DataSummary:
-    """What the plan needs to know about a training set.
-
-    Attributes:
-        num_images, num_boxes, num_classes: counts of the training split.
-        num_val: validation images (0 when there is no validation split).
-        boxes: every box ``Tensor[N, 4]`` xyxy scaled to a ``1 x 1`` letterboxed input
-            (multiply by the input side for pixels).
-        asymmetric: class names whose average crop does not look the same mirrored.
-        symmetric_known: classes with enough boxes to tell.
-    """
-
-    num_images: int
-    num_boxes: int
-    num_classes: int
-    num_val: int
-    boxes: torch.Tensor
-    asymmetric: tuple[str, ...] = ()
-    symmetric_known: int = 0
-
-    def boxes_at(self, side: int) -> torch.Tensor:
-        return self.boxes * side
-
-    def median_side(self, side: int) -> float:
-        return self.side_quantile(side, 0.5)
-
-    def side_quantile(self, side: int, q: float) -> float:
-        """The ``q`` quantile of the box sides ``sqrt(w h)`` in pixels of a ``side`` input."""
-        if not len(self.boxes):
-            return 0.0
-        wh = (self.boxes[:, 2:] - self.boxes[:, :2]) * side
-        return float(torch.quantile((wh[:, 0] * wh[:, 1]).sqrt(), q))
 
 
 @dataclass
@@ -181,144 +133,6 @@ class BudgetRecipe:
         return "\n".join(lines)
 
 
-def _letterbox_boxes(data: DetectionData) -> torch.Tensor:
-    """Every box of ``data`` as xyxy of a ``1 x 1`` letterboxed input."""
-    parts = []
-    for s in data.samples:
-        if s.num_boxes:
-            parts.append(s.boxes.float() / max(s.height, s.width))
-    return torch.cat(parts) if parts else torch.zeros(0, 4)
-
-
-def mirror_asymmetry(
-    data: DetectionData, *, max_images: int = 150, max_crops: int = 80, side: int = 24, seed: int = 0
-) -> dict[int, float]:
-    """How differently each class looks mirrored, from its average crop.
-
-    The crops of a class (edge strength of the grey crop, ``side x side``, each normalised
-    to zero mean and unit variance) are split into two random halves with means ``A`` and ``B``. If mirrored
-    objects of the class are as likely as the originals (cars facing either way), the mirror
-    image of ``B`` is another draw of ``B`` and ``|A - flip(B)|`` is about ``|A - B|``; for
-    digits, letters or signs it is much larger.
-
-    Returns:
-        label -> ``|A - flip(B)| / |A - B|`` for classes with at least 8 crops.
-    """
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(data.samples))[:max_images]
-    crops: dict[int, list[np.ndarray]] = {}
-    for index in order:
-        sample = data.samples[int(index)]
-        if not sample.num_boxes:
-            continue
-        labels = sample.labels.tolist()
-        if all(len(crops.get(label, ())) >= max_crops for label in labels):
-            continue
-        try:
-            image = sample.load_image().convert("L")
-        except OSError:
-            continue
-        for box, label in zip(sample.boxes.tolist(), labels, strict=True):
-            if len(crops.setdefault(label, [])) >= max_crops:
-                continue
-            x0, y0, x1, y1 = (int(round(v)) for v in box)
-            if x1 - x0 < 4 or y1 - y0 < 4:
-                continue
-            pixels = np.asarray(image.crop((x0, y0, x1, y1)).resize((side, side)), dtype=np.float32)
-            # Edge strength, not brightness: the same shape drawn dark on light or light on
-            # dark must not average away.
-            gy, gx = np.gradient(pixels)
-            edges = np.hypot(gx, gy)
-            spread = float(edges.std())
-            if spread < 1e-3:
-                continue
-            crops[label].append((edges - edges.mean()) / spread)
-    ratios = {}
-    for label, items in crops.items():
-        if len(items) < 8:
-            continue
-        stack = np.stack(items)[rng.permutation(len(items))]
-        half = len(stack) // 2
-        a, b = stack[:half].mean(axis=0), stack[half : 2 * half].mean(axis=0)
-        same = float(np.linalg.norm(a - b))
-        mirrored = float(np.linalg.norm(a - b[:, ::-1]))
-        ratios[label] = mirrored / max(same, 1e-6)
-    return ratios
-
-
-def summarize_data(train: DetectionData, val: DetectionData | None) -> DataSummary:
-    """Counts, box sizes and mirror symmetry of a training split."""
-    ratios = mirror_asymmetry(train)
-    asymmetric = tuple(train.class_names[k] for k, r in sorted(ratios.items()) if r > FLIP_RATIO)
-    return DataSummary(
-        num_images=len(train.samples),
-        num_boxes=sum(s.num_boxes for s in train.samples),
-        num_classes=train.num_classes,
-        num_val=len(val.samples) if val is not None else 0,
-        boxes=_letterbox_boxes(train),
-        asymmetric=asymmetric,
-        symmetric_known=len(ratios),
-    )
-
-
-@torch.no_grad()
-def _time(fn: Any, device: torch.device, repeats: int = 3) -> float:
-    """Seconds of the fastest of ``repeats`` calls of ``fn()`` on ``device``, after one warm-up."""
-    return min(time_calls(fn, repeats=repeats, warmup=1, device=device))
-
-
-def measure_speed(config: ModelConfig, *, batch_size: int = BATCH_SIZE, device: str = "cpu") -> Speed:
-    """Time the network of ``config`` (random weights) on this machine: the cached-backbone
-    forward per image, one training step of the rest at ``batch_size``, and the whole network
-    per image in evaluation. Takes a few seconds."""
-    dev = torch.device(device)
-    model = EfficientDet(config, pretrained_backbone=False).to(dev)
-    model.to(memory_format=torch.channels_last)
-    h, w = config.image_size
-    images = torch.randn(4, 3, h, w, device=dev).contiguous(memory_format=torch.channels_last)
-    backbone = inference_backbone(model.backbone, config.image_size).to(dev)
-    per_image = _time(lambda: backbone(images), dev) / len(images)
-    model.eval()
-    full = _time(lambda: model(images), dev) / len(images)
-    with torch.no_grad():
-        maps = [m.repeat(math.ceil(batch_size / len(images)), 1, 1, 1)[:batch_size] for m in backbone(images)]
-    model.train()
-    for p in model.backbone.parameters():
-        p.requires_grad_(False)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
-
-    def step() -> None:
-        with torch.enable_grad():
-            classes, boxes = model.forward_features(maps)
-            loss = sum(c.float().square().mean() for c in classes) + sum(b.float().square().mean() for b in boxes)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[union-attr]
-            optimizer.step()
-
-    # Anchor matching, the focal loss and the EMA add about a quarter to the bare step.
-    step_time = 1.25 * _time(step, dev, repeats=2)
-    return Speed(per_image, step_time, full, batch_size, torch.get_num_threads(), dev.type)
-
-
-def _read_seconds(data: DetectionData, config: ModelConfig, count: int = 8) -> float:
-    """Seconds to read, decode and augment one training image (as the feature cache does),
-    timed on up to ``count`` of them."""
-    transform = build_transform(
-        config.image_size, train=True, augment=True, mean=config.mean, std=config.std
-    )
-    dataset = DetectionDataset(data, transform, on_unreadable="substitute")
-    items = min(count, len(dataset))
-    if items == 0:
-        return 0.0
-
-    def read_all() -> None:
-        for i in range(items):
-            dataset[(i, 1)]
-
-    return time_calls(read_all, repeats=1, warmup=0)[0] / items
-
-
 _MISSING = object()
 
 
@@ -357,12 +171,18 @@ class _Costs:
 
     seconds: float  # the whole budget
     step: float  # one training step at the chosen batch size
-    view_cost: float  # one cached view of every training image
+    view_cost: float  # the plain cached view of every training image
+    augmented_view_cost: float  # one augmented view (mosaic, mixup, copy-paste read more images)
     final_eval: float  # the final evaluation, with the error analysis
 
+    def views_seconds(self, views: int) -> float:
+        """Computing ``views`` cached views: the plain one, then augmented ones."""
+        return 0.0 if views < 1 else self.view_cost + (views - 1) * self.augmented_view_cost
+
     def train_seconds(self, views: int) -> float:
-        """What is left for training steps after ``views`` cached views and the evaluation."""
-        return max(0.0, self.seconds - views * self.view_cost - 1.2 * self.final_eval)
+        """What is left for training steps after ``views`` cached views (0: no cache) and the
+        evaluation."""
+        return max(0.0, self.seconds - self.views_seconds(views) - 1.2 * self.final_eval)
 
 
 def plan_budget_recipe(
@@ -382,7 +202,8 @@ def plan_budget_recipe(
         user: the user's own options as ``{section: {key: value}}`` (a ``--config`` file with
             its ``--set`` overrides); those keys are kept, and the plan adapts to them.
         device: ``auto``, ``cpu`` or ``cuda[:i]``.
-        speed: the machine's timings (default: :func:`measure_speed`, a few seconds).
+        speed: the machine's timings (default: :func:`~.budget_speed.measure_with_reading`, a
+            few seconds).
 
     Returns:
         A :class:`BudgetRecipe`; ``recipe.overrides`` are ``efficientdet train`` options.
@@ -404,27 +225,38 @@ def plan_budget_recipe(
     name = _choose_weights(choose)
     config, fit = _choose_input(choose, summary, name, minutes)
     if speed is None:
-        speed = _measure_with_reading(config, train_data, device)
+        speed = measure_with_reading(config, train_data, device)
         recipe.speed = speed
     batch = choose("run.batch_size", min(BATCH_SIZE if speed.device == "cpu" else 32, summary.num_images),
                    "small batches: more updates in the same time")
     n = max(1, summary.num_images)
+    mix = _mix_proposals(choose.user, summary, config.image_size[0])
+    reads = MixAugment(
+        mosaic_prob=float(mix["data.mosaic_prob"].value), mixup_prob=float(mix["data.mixup_prob"].value),
+        copy_paste_prob=float(mix["data.copy_paste_prob"].value),
+    ).expected_reads()
     costs = _Costs(
         seconds=minutes * 60.0,
         step=speed.step * batch / speed.batch_size,
-        view_cost=n * speed.backbone_per_image,
+        view_cost=n * (speed.backbone_per_image + speed.read_per_image),
+        augmented_view_cost=n * (speed.backbone_per_image + reads * speed.read_per_image),
         final_eval=2 * summary.num_val * speed.full_per_image + 15.0,  # with the error analysis
     )
-    views, steps, epochs = _choose_views(
-        choose, recipe, costs, batch, n, _views_fit_memory(config, n, user)
-    )
-    _choose_augmentation(choose, summary, int(views) > 1)
+    cached = _plan_views(costs, batch, n, _views_fit_memory(config, n, user))
+    unfrozen = _choose_backbone(choose, config, speed, costs, cached, batch, n, reads, device)
+    if unfrozen is None:
+        views, steps, epochs = _choose_views(choose, recipe, costs, cached)
+        augment = int(views) > 1
+    else:
+        (steps, epochs), augment = unfrozen, True
+    _choose_augmentation(choose, recipe, summary, augment, mix, cached=unfrozen is None)
     _choose_optimizer(choose, batch, steps, n)
     _choose_schedule(choose, minutes, epochs)
     planning = time.perf_counter() - began
     choose("run.time_budget_minutes", round(max(0.1, (costs.seconds - planning - 1.2 * costs.final_eval) / 60), 2),
            f"the budget less this plan ({planning:.0f} s) and the final evaluation (~{costs.final_eval:.0f} s)")
-    choose("run.budget_includes_setup", True, "the feature cache counts against the budget")
+    choose("run.budget_includes_setup", True, "the feature cache counts against the budget" if unfrozen is None
+           else "the set-up counts against the budget")
     choose("run.channels_last", True, "NHWC: faster convolutions on the CPU")
     if fit is not None and max(fit.base_share, fit.best_share) < TARGET_MATCHED:
         recipe.notes.append(
@@ -436,16 +268,13 @@ def plan_budget_recipe(
 
 
 def _choose_weights(choose: _Chooser) -> str:
-    """The model, where its weights come from and the frozen, cached backbone; returns the
-    model's name."""
+    """The model and where its weights come from; returns the model's name."""
     name = choose("model.name", DEFAULT_MODEL, "the smallest EfficientDet; its ImageNet backbone ships offline")
     coco = _coco_weights_cached(name)
     if coco:
         choose("model.pretrained", True, "the COCO detector is in the local cache: fine-tune it")
     else:
         choose("model.pretrained_backbone", True, "ImageNet backbone (no COCO detector in the cache)")
-    choose("model.freeze_backbone", -1, "backbone frozen: a step trains the BiFPN and heads only")
-    choose("data.cache_features", True, "frozen backbone's maps computed once, not every step")
     return name
 
 
@@ -472,13 +301,6 @@ def _choose_input(
     return replace(base, image_size=(side, side)), fit
 
 
-def _measure_with_reading(config: ModelConfig, train_data: DetectionData, device: str) -> Speed:
-    """:func:`measure_speed` with the cost of reading an image added to the backbone's: a
-    cached view also reads, decodes and augments each image in the main process."""
-    speed = measure_speed(config, device=device)
-    return replace(speed, backbone_per_image=speed.backbone_per_image + _read_seconds(train_data, config))
-
-
 def _views_fit_memory(config: ModelConfig, n: int, user: Mapping[str, Any]) -> int:
     """How many cached views of ``n`` images fit in ``data.cache_max_gb`` (at least 1)."""
     with torch.device("meta"):  # channels and strides only: nothing allocated
@@ -488,22 +310,37 @@ def _views_fit_memory(config: ModelConfig, n: int, user: Mapping[str, Any]) -> i
     return max(1, int(max_gb * 2**30 // max(1, per_view_bytes)))
 
 
-def _choose_views(
-    choose: _Chooser, recipe: BudgetRecipe, costs: _Costs, batch: int, n: int, views_fit_memory: int
-) -> tuple[int, int, float]:
+@dataclass(frozen=True)
+class _CachedPlan:
+    """The frozen backbone's plan: cached views, and the steps and epochs that fit after them."""
+
+    views: int
+    steps: int
+    epochs: float
+
+
+def _plan_views(costs: _Costs, batch: int, n: int, views_fit_memory: int) -> _CachedPlan:
     """The cached views of each image: as many as :data:`CACHE_SHARE` of the budget computes
-    and memory holds, but no more than the epochs the rest trains. Returns the views and
-    the steps and epochs that fit after them (a note when hardly any steps do)."""
+    and memory holds, but no more than the epochs the rest trains."""
     step = costs.step
     views = 1
     while views < MAX_VIEWS and views < views_fit_memory:
         nxt = views + 1
         epochs_after = costs.train_seconds(nxt) / step * batch / n
-        if nxt * costs.view_cost > CACHE_SHARE * costs.seconds or epochs_after < nxt:
+        if costs.views_seconds(nxt) > CACHE_SHARE * costs.seconds or epochs_after < nxt:
             break
         views = nxt
     steps = max(1, int(costs.train_seconds(views) / step))
-    epochs = steps * batch / n
+    return _CachedPlan(views, steps, steps * batch / n)
+
+
+def _choose_views(
+    choose: _Chooser, recipe: BudgetRecipe, costs: _Costs, plan: _CachedPlan
+) -> tuple[int, int, float]:
+    """The frozen backbone's cache and its views (:func:`_plan_views`); returns the views and
+    the steps and epochs that fit after them (a note when hardly any steps do)."""
+    choose("data.cache_features", True, "frozen backbone's maps computed once, not every step")
+    step, views, steps, epochs = costs.step, plan.views, plan.steps, plan.epochs
     if costs.train_seconds(views) < 10 * step:
         recipe.notes.append(
             f"the budget leaves time for {steps} step(s) of {step:.2f} s after the feature "
@@ -511,30 +348,101 @@ def _choose_views(
         )
     views = choose(
         "data.cache_views", views,
-        f"1 plain + {views - 1} augmented version(s) of each image, {costs.view_cost * views:.0f} s "
+        f"1 plain + {views - 1} augmented version(s) of each image, {costs.views_seconds(views):.0f} s "
         f"to compute; about {epochs:.0f} epochs of {step:.2f} s steps fit",
     )
     return views, steps, epochs
 
 
-def _choose_augmentation(choose: _Chooser, summary: DataSummary, augment: bool) -> None:
-    """Augmentation when there is more than one view: flips unless half the classes look
-    different mirrored, and mild scale jitter."""
-    choose("data.augment", augment, "augmentation lives in the cached views" if augment
-           else "one view: no room for augmented copies")
-    if augment:
-        asym = summary.asymmetric
-        known = summary.symmetric_known
-        flip = 0.0 if known and len(asym) * 2 >= known else 0.5
-        reason = (
-            f"no flips: {len(asym)} of {known} classes look different mirrored ({', '.join(asym[:4])}"
-            f"{', ...' if len(asym) > 4 else ''})" if flip == 0.0
-            else f"flips: {known - len(asym)} of {known} classes look the same mirrored"
-            if known else "flips (too few boxes per class to tell mirror symmetry)"
+def _backbone_stage_count(config: ModelConfig) -> int:
+    """The stages of ``config``'s backbone that ``model.freeze_backbone`` counts."""
+    with torch.device("meta"):
+        backbone, _ = create_backbone(config.backbone)
+    return len(backbone_stages(backbone))
+
+
+def _choose_backbone(
+    choose: _Chooser, config: ModelConfig, speed: Speed, costs: _Costs, cached: _CachedPlan,
+    batch: int, n: int, reads: float, device: str,
+) -> tuple[int, float] | None:
+    """``model.freeze_backbone`` (:func:`~.budget_rules.unfreeze_rule`, or the user's): None
+    when the whole backbone stays frozen (its maps cached), else the steps and epochs that
+    fit with its last stages training on the fly, at ``optim.backbone_lr_factor`` of the
+    rate. Times a step of the partly trainable network only when the choice needs it."""
+    stages = _backbone_stage_count(config)
+    given = _user_value(choose.user, "model.freeze_backbone")
+
+    def fit_unfrozen(trainable: int) -> tuple[int, float, float]:
+        step = speed.unfrozen_step
+        if step is None:
+            step = measure_unfrozen_step(config, trainable, batch_size=speed.batch_size, device=device)
+        # Reading and augmenting on the fly shares the machine with the steps.
+        per_step = step * batch / speed.batch_size + batch * reads * speed.read_per_image
+        steps = max(1, int(costs.train_seconds(0) / per_step))
+        return steps, steps * batch / n, per_step
+
+    if given is _MISSING:
+        probe = fit_unfrozen(rules.UNFREEZE_STAGES) if cached.epochs >= rules.UNFREEZE_EPOCHS else None
+        proposal = rules.unfreeze_rule(
+            stages=stages, frozen_epochs=cached.epochs, unfrozen_epochs=probe[1] if probe else None
         )
-        choose("data.hflip_prob", flip, reason)
-        choose("data.scale_min", SCALE_RANGE[0], "mild scale jitter and shifts: views stay like the originals")
-        choose("data.scale_max", SCALE_RANGE[1], "")
+        freeze = int(choose("model.freeze_backbone", proposal.value, proposal.reason))
+    else:
+        freeze = int(choose("model.freeze_backbone", given, ""))
+    if freeze < 0 or freeze >= stages:
+        return None
+    steps, epochs, per_step = fit_unfrozen(stages - freeze)
+    choose("data.cache_features", False, f"the last {stages - freeze} backbone stage(s) train: their maps "
+           f"change every step; about {epochs:.0f} epochs of {per_step:.2f} s steps fit")
+    choose("optim.backbone_lr_factor", rules.BACKBONE_LR_FACTOR,
+           f"the backbone learns at {rules.BACKBONE_LR_FACTOR:g} of the rate: its ImageNet features move slowly")
+    return steps, epochs
+
+
+def _mix_proposals(user: Mapping[str, Any], summary: DataSummary, side: int) -> dict[str, rules.Proposal]:
+    """Mosaic, mixup and copy-paste (:func:`~.budget_rules.mix_rules`), each replaced by the
+    user's value where they set one."""
+    proposals = rules.mix_rules(
+        median_share=summary.median_side(side) / side,
+        boxes_per_image=summary.num_boxes / max(1, summary.num_images),
+    )
+    for key in proposals:
+        given = _user_value(user, key)
+        if given is not _MISSING:
+            proposals[key] = rules.Proposal(float(given), "yours")
+    return proposals
+
+
+def _choose_augmentation(
+    choose: _Chooser, recipe: BudgetRecipe, summary: DataSummary, augment: bool,
+    mix: Mapping[str, rules.Proposal], *, cached: bool,
+) -> None:
+    """Augmentation when there is more than one cached view or none: flips unless half the
+    classes look different mirrored, mild scale jitter, and the images combined as ``mix``
+    proposes."""
+    asked = [key for key in mix if float(_user_value(choose.user, key, 0.0)) > 0]
+    if asked and not augment:  # the user's mosaic / mixup / copy-paste need augmentation on
+        recipe.notes.append(f"{', '.join(asked)} change nothing with one cached view: give more "
+                            "minutes or set data.cache_views")
+        augment = True
+    where = "augmentation lives in the cached views" if cached else "augmented on the fly, a new draw every epoch"
+    choose("data.augment", augment, where if augment else "one view: no room for augmented copies")
+    if not augment:
+        return
+    asym = summary.asymmetric
+    known = summary.symmetric_known
+    flip = 0.0 if known and len(asym) * 2 >= known else 0.5
+    reason = (
+        f"no flips: {len(asym)} of {known} classes look different mirrored ({', '.join(asym[:4])}"
+        f"{', ...' if len(asym) > 4 else ''})" if flip == 0.0
+        else f"flips: {known - len(asym)} of {known} classes look the same mirrored"
+        if known else "flips (too few boxes per class to tell mirror symmetry)"
+    )
+    choose("data.hflip_prob", flip, reason)
+    choose("data.scale_min", SCALE_RANGE[0], "mild scale jitter and shifts: views stay like the originals")
+    choose("data.scale_max", SCALE_RANGE[1], "")
+    for key, proposal in mix.items():
+        choose(key, proposal.value, proposal.reason)
 
 
 def _choose_optimizer(choose: _Chooser, batch: int, steps: int, n: int) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from ..config import normalize_aspect_ratios
+from ..data.mix import MixAugment
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")
@@ -87,6 +88,12 @@ class DataSection:
     cache_features: bool = False
     cache_views: int = 1
     cache_max_gb: float = 8.0
+    # Augmentations that combine images (efficientdet.data.mix), applied to the augmented
+    # cached views or on the fly; probabilities per training item, 0 = off.
+    mosaic_prob: float = 0.0
+    mixup_prob: float = 0.0
+    copy_paste_prob: float = 0.0
+    mixup_alpha: float = 32.0  # the mixup weight ~ Beta(alpha, alpha)
 
     def __post_init__(self) -> None:
         if self.num_workers is not None and self.num_workers < 0:
@@ -95,6 +102,21 @@ class DataSection:
             raise ValueError(f"data.cache_views must be >= 1, got {self.cache_views}")
         if self.cache_views > 1 and not self.augment:
             raise ValueError("data.cache_views > 1 needs data.augment=true (the views would be identical)")
+        try:
+            mix = self.mix_augment()
+        except ValueError as err:
+            raise ValueError(f"data.{err}") from err
+        if mix.active and not self.augment:
+            raise ValueError(
+                "data.mosaic_prob, data.mixup_prob and data.copy_paste_prob need data.augment=true"
+            )
+
+    def mix_augment(self) -> MixAugment:
+        """Mosaic, mixup and copy-paste as this section sets them (inactive when all are 0)."""
+        return MixAugment(
+            mosaic_prob=self.mosaic_prob, mixup_prob=self.mixup_prob,
+            copy_paste_prob=self.copy_paste_prob, mixup_alpha=self.mixup_alpha,
+        )
 
 
 @dataclass(frozen=True)
@@ -110,12 +132,17 @@ class OptimSection:
     clip_grad: float = 10.0
     ema_decay: float = 0.9998  # 0 disables the EMA
     ema_warmup: bool = True  # decay ramps up as (1 + step) / (10 + step) for short runs
+    # The backbone's trainable stages (model.freeze_backbone) learn at this multiple of the
+    # learning rate; the neck and heads at the rate itself.
+    backbone_lr_factor: float = 1.0
 
     def __post_init__(self) -> None:
         _choice("optim.optimizer", self.optimizer, OPTIMIZERS)
         _choice("optim.schedule", self.schedule, SCHEDULES)
         if self.lr is not None and self.lr <= 0:
             raise ValueError(f"optim.lr must be positive, got {self.lr}")
+        if not self.backbone_lr_factor > 0:
+            raise ValueError(f"optim.backbone_lr_factor must be positive, got {self.backbone_lr_factor}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"optim.ema_decay must be in [0, 1), got {self.ema_decay}")
 

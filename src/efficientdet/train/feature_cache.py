@@ -6,7 +6,9 @@ output for an image depends on the pixels alone, so it can be computed once and 
 epoch. The backbone holds most of a detector's FLOPs (85 % of EfficientDet-Lite0's at 320 px),
 so a step then costs the neck, heads and loss only. Augmentation is kept by caching ``views``
 versions of each image: view 0 is the plain letterbox, views 1.. are draws of the training
-augmentation with seeds fixed per view, and epoch ``e`` trains on view ``e % views``.
+augmentation with seeds fixed per view (mosaic, mixup and copy-paste included, drawn by the
+same :class:`~efficientdet.data.DetectionDataset` as the on-the-fly loader's), and epoch ``e``
+trains on view ``e % views``.
 
 The maps are stored as float16 on the CPU (``views * N`` images x the backbone's maps; for
 Lite0 at 320 px about 282 KB an image); :func:`cache_bytes` gives the size in advance so a
@@ -24,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import feature_sizes
-from ..data import DetectionData, DetectionDataset, build_transform
+from ..data import DetectionData, DetectionDataset, MixAugment, build_transform
 from ..detection.detector import BackboneFeatures
 from ..modeling.optimize import fold_batchnorms
 
@@ -99,6 +101,7 @@ def build_feature_cache(
     views: int = 1,
     hflip_prob: float = 0.5,
     scale_range: tuple[float, float] = (0.1, 2.0),
+    mix: MixAugment | None = None,
     seed: int = 0,
     batch_size: int = 4,
     device: torch.device | str = "cpu",
@@ -114,7 +117,8 @@ def build_feature_cache(
         image_size: ``(H, W)`` network input.
         mean, std: input normalisation.
         views: versions per image; view 0 is the letterbox, views 1.. the training
-            augmentation (``hflip_prob``, ``scale_range``) with per-view seeds.
+            augmentation (``hflip_prob``, ``scale_range``, and ``mix``: mosaic, mixup,
+            copy-paste) with per-view seeds.
         seed: the run's seed; with it the views are a pure function of the data.
         batch_size: images per backbone call (small batches keep CPU caches warm).
         device: where the backbone runs; the cache itself is kept on the CPU.
@@ -139,7 +143,10 @@ def build_feature_cache(
 
         bar = tqdm(total=views * count, unit="img", desc="caching backbone features", dynamic_ncols=True)
     for view in range(views):
-        dataset = DetectionDataset(data, plain if view == 0 else augmented, on_unreadable="substitute")
+        dataset = (
+            DetectionDataset(data, plain, on_unreadable="substitute") if view == 0
+            else DetectionDataset(data, augmented, on_unreadable="substitute", mix=mix)
+        )
         epoch_seed = _VIEW_SEED * view + seed
         for start in range(0, count, batch_size):
             items = [

@@ -298,7 +298,7 @@ class Trainer:
         opt = self.config.optim
         global_batch = self.config.run.batch_size * self.dist.world_size
         self.base_lr = opt.base_lr(global_batch)
-        groups = parameter_groups(self.model, opt.weight_decay)
+        groups = parameter_groups(self.model, opt.weight_decay, opt.backbone_lr_factor)
         # What gradient clipping covers: the optimizer's parameters (the trainable ones).
         self._trainable = [p for group in groups for p in group["params"]]
         if opt.optimizer == "sgd":
@@ -344,8 +344,8 @@ class Trainer:
         cache = build_feature_cache(
             self.model.backbone, shard, image_size=size, mean=model_cfg.mean,
             std=model_cfg.std, views=views, hflip_prob=cfg.data.hflip_prob,
-            scale_range=(cfg.data.scale_min, cfg.data.scale_max), seed=cfg.run.seed,
-            device=self.device, progress=self.dist.is_main and cfg.run.progress,
+            scale_range=(cfg.data.scale_min, cfg.data.scale_max), mix=cfg.data.mix_augment(),
+            seed=cfg.run.seed, device=self.device, progress=self.dist.is_main and cfg.run.progress,
         )
         log.info(
             "cached backbone features of %d x %d images (%.0f MB) in %.1f s",
@@ -483,7 +483,10 @@ class Trainer:
                 std=model_cfg.std, hflip_prob=cfg.data.hflip_prob,
                 scale_range=(cfg.data.scale_min, cfg.data.scale_max),
             )
-            self._train_dataset = DetectionDataset(self.train_data, transform, on_unreadable="substitute")
+            self._train_dataset = DetectionDataset(
+                self.train_data, transform, on_unreadable="substitute",
+                mix=cfg.data.mix_augment() if cfg.data.augment else None,
+            )
         sampler = RunSampler(
             len(self.train_data), seed=cfg.run.seed, epoch=epoch, batch_size=cfg.run.batch_size,
             start_step=start_step, rank=self.dist.rank, world_size=self.dist.world_size,
@@ -644,7 +647,7 @@ class Trainer:
             schedule=opt.schedule, min_lr_factor=opt.min_lr_factor,
         )
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_factor", 1.0)
         if isinstance(images, torch.Tensor):
             images = images.to(self.device, non_blocking=True)
         if self.config.run.channels_last:

@@ -31,15 +31,31 @@ def set_frozen_bn_eval(modules: list[nn.Module]) -> None:
                 sub.eval()
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on conv/linear weights only; none on BN parameters, biases or fusion weights."""
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
+def parameter_groups(
+    model: nn.Module, weight_decay: float, backbone_lr_factor: float = 1.0
+) -> list[dict[str, Any]]:
+    """The trainable parameters of ``model`` in optimiser groups.
+
+    Weight decay on conv/linear weights only; none on BN parameters, biases or fusion
+    weights. Each group carries ``"lr_factor"``, the multiple of the schedule's learning rate
+    it trains at: ``backbone_lr_factor`` for the parameters of ``model.backbone``, 1 for the
+    rest. With a factor of 1 (or nothing of the backbone trainable) there are the two groups
+    of old; otherwise two more for the backbone.
+    """
+    backbone = getattr(model, "backbone", None)
+    in_backbone = {id(p) for p in backbone.parameters()} if backbone is not None else set()
+    split = backbone_lr_factor != 1.0
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {
+        (False, True): [], (False, False): [], (True, True): [], (True, False): [],
+    }
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+        decays = not (p.ndim <= 1 or name.endswith(".bias"))
+        groups[(split and id(p) in in_backbone, decays)].append(p)
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": params, "weight_decay": weight_decay if decays else 0.0,
+         "lr_factor": backbone_lr_factor if slow else 1.0}
+        for (slow, decays), params in groups.items()
+        if params or not slow
     ]
