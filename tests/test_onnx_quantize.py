@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -109,13 +110,14 @@ def test_int8_detections_are_close_to_fp32(
 
 
 def test_network_is_int8_and_postprocessing_float(exports: tuple[Path, Path]) -> None:
-    """Every convolution reads int8 weights and inputs; no node of the decoding and NMS
-    reads or feeds a quantized tensor; they are all still there."""
+    """Every convolution but the ten prediction ones reads int8 weights and inputs; no node
+    of the decoding and NMS reads or feeds a quantized tensor; they are all still there."""
     fp32, int8 = (onnx.load(str(path)) for path in exports)
     graph = int8.graph
     producer = {out: node for node in graph.node for out in node.output}
-    convs = [node for node in graph.node if node.op_type == "Conv"]
-    assert convs
+    heads = set(head_outputs(int8))
+    convs = [node for node in graph.node if node.op_type == "Conv" and node.name not in heads]
+    assert convs and len(heads) == 10
     for conv in convs:
         assert all(producer[name].op_type == "DequantizeLinear" for name in conv.input[:2])
     network = network_nodes(int8)
@@ -127,10 +129,7 @@ def test_network_is_int8_and_postprocessing_float(exports: tuple[Path, Path]) ->
     for node in post:
         assert not node.op_type.startswith("QLinear")
         for name in node.input:
-            if name in producer and producer[name].op_type == "DequantizeLinear":
-                # only the head's outputs come in dequantized: DQ(Q(conv))
-                quantized = producer[producer[name].input[0]]
-                assert producer[quantized.input[0]].op_type == "Conv"
+            assert not (name in producer and producer[name].op_type == "DequantizeLinear")
     counts = [
         {op: sum(node.op_type == op for node in model.graph.node) for op in POSTPROCESS_OPS}
         for model in (fp32, int8)
@@ -214,27 +213,64 @@ def test_export_onnx_int8_exports_then_quantizes(
     assert not fp32.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["int8.onnx"]
 
 
-def test_float_head_keeps_the_predictions_float(
-    raw_export: Path, images: tuple[Calibration, np.ndarray], tmp_path: Path
-) -> None:
-    """With ``float_head`` the ten prediction convolutions read float weights and write the
-    graph's outputs unrounded; every other convolution is int8."""
-    out = tmp_path / "head.onnx"
-    quantize_onnx(raw_export, out, images[0], settings=QuantSettings(float_head=True))
-    model = onnx.load(str(out))
+def float_convolutions(path: Path) -> list[Any]:
+    """The convolutions of an ONNX file whose weights are not dequantized int8."""
+    model = onnx.load(str(path))
     producer = {name: node for node in model.graph.node for name in node.output}
-    outputs = {value.name for value in model.graph.output}
-    float_convs = [
+    return [
         node for node in model.graph.node
         if node.op_type == "Conv"
         and (node.input[1] not in producer or producer[node.input[1]].op_type != "DequantizeLinear")
     ]
+
+
+def test_float_head_keeps_the_predictions_float(
+    raw_export: Path, images: tuple[Calibration, np.ndarray], tmp_path: Path
+) -> None:
+    """By default (``float_head``) the ten prediction convolutions read float weights and
+    write the graph's outputs unrounded; every other convolution is int8. Without it, all
+    are int8."""
+    out = tmp_path / "head.onnx"
+    quantize_onnx(raw_export, out, images[0])
+    float_convs = float_convolutions(out)
     assert len(float_convs) == 10
+    outputs = {value.name for value in onnx.load(str(out)).graph.output}
     assert {node.output[0] for node in float_convs} == outputs
+    quantize_onnx(raw_export, out, images[0], settings=QuantSettings(float_head=False))
+    assert float_convolutions(out) == []
     with pytest.raises(ValueError, match="activations"):
         QuantSettings(activations="u4")
     with pytest.raises(ValueError, match="calibration method"):
         QuantSettings(method="kl")
+
+
+def int8_weights(path: Path) -> np.ndarray:
+    """Every int8 weight value of an ONNX file's convolutions, flattened."""
+    model = onnx.load(str(path))
+    initializers = {init.name: init for init in model.graph.initializer}
+    producer = {name: node for node in model.graph.node for name in node.output}
+    values = []
+    for node in model.graph.node:
+        if node.op_type == "Conv" and node.input[1] in producer:
+            quantized = producer[node.input[1]].input[0]
+            if quantized in initializers:
+                values.append(onnx.numpy_helper.to_array(initializers[quantized]).ravel())
+    assert values
+    return np.concatenate(values)
+
+
+def test_weights_use_seven_bits_unless_asked(
+    raw_export: Path, images: tuple[Calibration, np.ndarray], tmp_path: Path
+) -> None:
+    """``reduce_range`` (the default) keeps every weight in [-64, 64], so that uint8 x int8
+    products summed in pairs fit the 16 bits of x86's non-VNNI instruction; without it the
+    largest weight of each channel takes the full [-127, 127]."""
+    out = tmp_path / "seven.onnx"
+    quantize_onnx(raw_export, out, images[0])
+    weights = int8_weights(out)
+    assert weights.dtype == np.int8 and int(np.abs(weights.astype(np.int32)).max()) == 64
+    quantize_onnx(raw_export, out, images[0], settings=QuantSettings(reduce_range=False))
+    assert int(np.abs(int8_weights(out).astype(np.int32)).max()) == 127
 
 
 def test_refuses_what_it_cannot_quantize(
