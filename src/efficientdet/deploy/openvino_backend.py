@@ -235,7 +235,11 @@ def quantize_int8(ov_model: Any, calibration: Calibration, batch: int | None) ->
 
     Statistics come from every calibration image (``subset_size`` = their number), with
     NNCF's defaults for a CNN on the CPU (symmetric per-tensor activations, per-channel
-    weights, fast bias correction). Left float: the post-processing
+    weights, fast bias correction), except that every layer's weights use 7 of their 8 bits
+    (NNCF's overflow fix for all layers, not only the first): the int8 instruction of x86
+    CPUs without VNNI adds pairs of products in 16 bits and saturates on full-range weights.
+    On an AVX2 CPU, the digits Lite0 below: AP loss 0.0053 with the fix on the first layer
+    only, 0.0040 with it everywhere. Left float: the post-processing
     (:func:`postprocess_nodes`) and the prediction layers (:func:`prediction_convolutions`),
     whose rounding goes straight into the scores and boxes. Measured on a Lite0 trained on
     the digits demo data (320 px, 200 validation images, AP 0.645 in fp32), that halves the
@@ -265,6 +269,9 @@ def quantize_int8(ov_model: Any, calibration: Calibration, batch: int | None) ->
             nncf.Dataset(inputs),
             subset_size=len(inputs),
             ignored_scope=ignored,
+            advanced_parameters=nncf.AdvancedQuantizationParameters(
+                overflow_fix=nncf.OverflowFix.ENABLE
+            ),
         )
     finally:
         nncf_log.setLevel(level)
