@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from common import machine, setup
+from common import effdet_preprocess, machine, setup, to_effdet_state_dict
 from efficientdet.cli import benchmark as benchmark_cli
 from efficientdet.deploy.benchmark import (
     fastest_within,
@@ -38,41 +38,25 @@ from efficientdet.inference.loading import load_model
 def effdet_predictor(loaded: Any, effdet_weights: str | None = None) -> Any:
     """effdet's end-to-end predict on ``loaded``'s architecture: images in, detections
     ``[B, 100, 6]`` in image pixels out. Its weights: ``effdet_weights`` (an effdet state
-    dict, the file ``--weights`` may name too), else ``loaded``'s where the key names match,
-    else random (with random weights every one of the 5000 candidates reaches its NMS)."""
+    dict), else ``loaded``'s own, renamed to effdet's keys (:func:`common.to_effdet_state_dict`),
+    so both sides compute the same detections."""
     import effdet
-    from effdet.data.transforms import transforms_coco_eval
 
     config = loaded.model.config
     bench = effdet.create_model(
         config.name, pretrained=False, pretrained_backbone=False, bench_task="predict",
         num_classes=config.num_classes, image_size=config.image_size,
     ).eval()
-    state = torch.load(effdet_weights, map_location="cpu") if effdet_weights else loaded.model.state_dict()
-    missing, unexpected = bench.model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        print(f"effdet: weights not loaded ({len(missing)} missing, {len(unexpected)} unexpected "
-              "keys); it runs with random weights", file=sys.stderr)
-    transform = transforms_coco_eval(
-        config.image_size[0], interpolation="bilinear", use_prefetcher=True,
-        mean=config.mean, std=config.std,
-    )
-    mean = torch.tensor([m * 255 for m in config.mean]).view(1, 3, 1, 1)
-    std = torch.tensor([s * 255 for s in config.std]).view(1, 3, 1, 1)
+    if effdet_weights:
+        state = torch.load(effdet_weights, map_location="cpu", weights_only=True)
+    else:
+        state = to_effdet_state_dict(loaded.model, bench.model)
+    bench.model.load_state_dict(state)
+    to_effdet_input = effdet_preprocess(config)
 
     @torch.inference_mode()
     def predict(images: list[Any]) -> torch.Tensor:
-        arrays, scales = [], []
-        for image in images:
-            array, info = transform(image, {})
-            arrays.append(torch.from_numpy(array))
-            scales.append(info["img_scale"])
-        x = torch.stack(arrays).float().sub_(mean).div_(std)
-        img_info = {
-            "img_scale": torch.tensor(scales, dtype=torch.float32),
-            "img_size": torch.tensor([[im.width, im.height] for im in images], dtype=torch.float32),
-        }
-        return bench(x, img_info)
+        return bench(*to_effdet_input(images))
 
     return predict
 
@@ -80,8 +64,8 @@ def effdet_predictor(loaded: Any, effdet_weights: str | None = None) -> Any:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     benchmark_cli.add_arguments(parser)
-    parser.add_argument("--effdet-weights", help="effdet state dict for its side (e.g. the same "
-                        "file as --weights when that is one)")
+    parser.add_argument("--effdet-weights", help="effdet state dict for its side (default: "
+                        "--weights' own, renamed to effdet's keys)")
     args = parser.parse_args()
     threads = args.threads or 2
     setup(threads)
@@ -101,7 +85,7 @@ def main() -> None:
                         + row.note).rstrip("; ")
     header = benchmark_cli._header(args, loaded, threads, data)
     header[2] = f"- command: `.venv/bin/python benchmarks/bench_formats.py {' '.join(sys.argv[1:])}`"
-    header.append(f"- effdet: {'weights of ' + args.effdet_weights if args.effdet_weights else 'see stderr for whether the weights loaded'}")
+    header.append(f"- effdet: the same architecture with {args.effdet_weights or 'the same weights'}")
     header.append(f"- {machine()}")
     paths = write_report(rows, out, header)
     print("\n".join(header))

@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 
 import efficientdet as ed
-from common import interleaved_median_ms, machine, setup
+from common import effdet_preprocess, interleaved_median_ms, machine, setup
 from efficientdet.deploy.export import export_onnx
 from efficientdet.deploy.onnx_backend import OnnxDetector
 from efficientdet.detection.detector import Detector
@@ -65,7 +65,6 @@ def main() -> None:
     setup(args.threads)
     import effdet
     from effdet.bench import _batch_detection, _post_process
-    from effdet.data.transforms import transforms_coco_eval
 
     torch.manual_seed(0)
     ref = effdet.create_model(
@@ -87,24 +86,10 @@ def main() -> None:
     images = [test_image(*args.image, seed=i) for i in range(args.batch)]
 
     # effdet's side, as its evaluation loader and DetBenchPredict do it.
-    transform = transforms_coco_eval(
-        size[0], interpolation="bilinear", use_prefetcher=True, mean=config.mean, std=config.std
-    )
-    mean = torch.tensor([m * 255 for m in config.mean]).view(1, 3, 1, 1)
-    std = torch.tensor([s * 255 for s in config.std]).view(1, 3, 1, 1)
+    to_effdet_input = effdet_preprocess(config)
 
     def effdet_pre() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        arrays, scales = [], []
-        for image in images:
-            array, info = transform(image, {})
-            arrays.append(torch.from_numpy(array))
-            scales.append(info["img_scale"])
-        x = torch.stack(arrays).float().sub_(mean).div_(std)
-        img_info = {
-            "img_scale": torch.tensor(scales, dtype=torch.float32),
-            "img_size": torch.tensor([[im.width, im.height] for im in images], dtype=torch.float32),
-        }
-        return x, img_info
+        return to_effdet_input(images)
 
     def effdet_post(outputs: tuple[list[torch.Tensor], list[torch.Tensor]], img_info: dict) -> torch.Tensor:
         cls_out, box_out, indices, classes = _post_process(

@@ -7,8 +7,9 @@ import json
 import os
 import platform
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -71,3 +72,53 @@ def write_data_yaml(out: Path) -> Path:
         "val: {annotations: annotations_val.json, images: val}\n"
     )
     return path
+
+
+def effdet_preprocess(config: Any) -> Callable[[Sequence[Any]], tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    """effdet's evaluation input path for ``config`` (a ``ModelConfig``): its transform
+    (``ResizePad`` + ``ImageToNumpy``) and its loader's normalisation, as ``images -> (x,
+    img_info)``: ``x: Tensor[B, 3, H, W]`` and the ``img_scale`` / ``img_size`` that
+    ``DetBenchPredict`` maps boxes back with."""
+    from effdet.data.transforms import transforms_coco_eval
+
+    transform = transforms_coco_eval(
+        config.image_size[0], interpolation="bilinear", use_prefetcher=True,
+        mean=config.mean, std=config.std,
+    )
+    mean = torch.tensor([m * 255 for m in config.mean]).view(1, 3, 1, 1)
+    std = torch.tensor([s * 255 for s in config.std]).view(1, 3, 1, 1)
+
+    def preprocess(images: Sequence[Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        arrays, scales = [], []
+        for image in images:
+            array, info = transform(image, {})
+            arrays.append(torch.from_numpy(array))
+            scales.append(info["img_scale"])
+        x = torch.stack(arrays).float().sub_(mean).div_(std)
+        img_info = {
+            "img_scale": torch.tensor(scales, dtype=torch.float32),
+            "img_size": torch.tensor([[im.width, im.height] for im in images], dtype=torch.float32),
+        }
+        return x, img_info
+
+    return preprocess
+
+
+def to_effdet_state_dict(model: torch.nn.Module, effdet_model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s weights (this project's layout) under the key names of ``effdet_model``, an
+    effdet ``EfficientDet`` of the same architecture: the inverse of the renaming with which
+    effdet checkpoints load here (:func:`~efficientdet.modeling.checkpoint.convert_effdet_state_dict`).
+
+    Raises:
+        KeyError / ValueError: a key of effdet's with no counterpart, or of another shape.
+    """
+    from efficientdet.modeling.checkpoint import convert_effdet_state_dict
+
+    ours = model.state_dict()
+    state = {}
+    for key, value in effdet_model.state_dict().items():
+        (name,) = convert_effdet_state_dict({key: value}, model)
+        if ours[name].shape != value.shape:
+            raise ValueError(f"{key} -> {name}: shape {tuple(ours[name].shape)}, effdet's {tuple(value.shape)}")
+        state[key] = ours[name]
+    return state
