@@ -1,5 +1,5 @@
 """LiteRT export: fp32 detections against eager PyTorch through ExportedDetector, the output
-order, the flatbuffer metadata, full-integer int8, refusals and the missing-extra message.
+order, the flatbuffer metadata, int8, refusals and the missing-extra message.
 
 Conversion is slow (~45 s for the tiny model on 2 cores): the default tests convert the tiny
 model twice (module fixtures, fp32 at batch 2 and int8 at batch 1); Lite0 and D0 are slow tests.
@@ -96,7 +96,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[EfficientDet, Path]:
 
 @pytest.fixture(scope="module")
 def tiny_int8(tiny, tiny_demo, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Calibration]:
-    """The tiny model exported full-integer int8 at a batch of 2, calibrated on 7 demo images
+    """The tiny model exported int8 at a batch of 2, calibrated on 7 demo images
     (the last calibration batch filled up)."""
     model, _ = tiny
     calibration = calibration_images(
@@ -249,7 +249,6 @@ def assert_close_int8(
     range int8 covers, which includes 0), and most of the ``top`` best eager detections per
     image found again (same class, IoU > 0.5)."""
     runner = LiteRTRunner(path, threads=2)
-    assert runner._input.dtype == np.int8  # full-integer: the runner quantizes the input
     with torch.no_grad():
         expected = RawExport(model.eval())(images)
     got = ExportedDetector(runner).run(images.numpy())
@@ -275,6 +274,56 @@ def test_int8_export_gives_close_detections(tiny, tiny_int8, tiny_demo) -> None:
     assert path.stat().st_size < 0.8 * fp32_path.stat().st_size
     assert read_litert_metadata(path).class_names == CLASS_NAMES
     assert_close_int8(model, path, demo_batch(tiny_demo, model, 3))
+
+
+def prediction_weight_types(content: bytes) -> tuple[set[int], set[int]]:
+    """The tensor types of the weights of the convolutions that make the graph's outputs, and
+    of every other convolution's weights (TFLite ``TensorType`` values)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(content, 0)
+    graph = model.Subgraphs(0)
+    ops = [graph.Operators(i) for i in range(graph.OperatorsLength())]
+    code = {i: max(model.OperatorCodes(i).BuiltinCode(), model.OperatorCodes(i).DeprecatedBuiltinCode())
+            for i in range(model.OperatorCodesLength())}
+    conv = schema.BuiltinOperator.CONV_2D
+    producer = {op.Outputs(j): op for op in ops for j in range(op.OutputsLength())}
+    heads = []
+    for k in range(graph.OutputsLength()):
+        op = producer[graph.Outputs(k)]
+        while code[op.OpcodeIndex()] != conv:
+            op = producer[op.Inputs(0)]
+        heads.append(op.Inputs(1))
+    others = [op.Inputs(1) for op in ops if code[op.OpcodeIndex()] == conv and op.Inputs(1) not in heads]
+    weight_type = lambda index: graph.Tensors(index).Type()  # noqa: E731
+    return {weight_type(i) for i in heads}, {weight_type(i) for i in others}
+
+
+def test_head_scopes_name_each_output_path(tiny) -> None:
+    """Per output: its transpose to NHWC and the convolution before it, one scope each."""
+    model, path = tiny
+    scopes = litert_backend.head_scopes(path.read_bytes())
+    names = output_names(model.config.levels)
+    assert len(scopes) == 2 * len(names) and all(scope.endswith(";") for scope in scopes)
+    transposes = [s for s in scopes if any(f"_{name}_" in s for name in names)]
+    assert len(transposes) == len(names)
+    assert all("predict" in s for s in scopes if s not in transposes)  # the head's predict layers
+
+
+def test_int8_keeps_the_prediction_convolutions_float(tiny, tiny_int8) -> None:
+    """The default int8 export leaves the class and box prediction layers (and the outputs)
+    float and quantizes the rest; ``float_head=False`` quantizes them too."""
+    from ai_edge_litert.schema_py_generated import TensorType
+
+    path, calibration = tiny_int8
+    heads, others = prediction_weight_types(path.read_bytes())
+    assert heads == {TensorType.FLOAT32} and others == {TensorType.INT8}
+    runner = LiteRTRunner(path)  # the outputs are the float convolutions', not requantized
+    assert {io.dtype for io in runner._outputs} == {np.dtype(np.float32)}
+    _, fp32_path = tiny
+    all_int8 = litert_backend._quantize(fp32_path.read_bytes(), calibration, 2, float_head=False)
+    heads, others = prediction_weight_types(all_int8)
+    assert heads == {TensorType.INT8} and others == {TensorType.INT8}
 
 
 # ---- Lite0 and D0 ----------------------------------------------------------------------------
