@@ -3,6 +3,8 @@ availability and ``torch.cuda.synchronize`` are monkeypatched."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -134,6 +136,23 @@ def test_round_robin_alternates_and_times_each_function(monkeypatch) -> None:
     )
     assert times == [[1.0, 2.0], [10.0, 20.0]]
     assert [e for e in machine.log if e in ("a", "b")] == ["a", "b"] * 3
+
+
+def test_round_robin_turns_of_several_calls(monkeypatch) -> None:
+    """Each turn: one untimed call, then the median of the timed ones; a pause before each
+    turn (no warm-up round here)."""
+    machine = FakeMachine([9.0, 1.0, 3.0, 2.0, 9.0, 10.0, 30.0, 20.0])
+    pauses: list[float] = []
+    monkeypatch.setattr(time, "sleep", pauses.append)
+    times = time_round_robin(
+        [lambda: machine.call("a"), lambda: machine.call("b")],
+        repeats=1, warmup=0, clock=machine.clock, calls_per_turn=4, pause_s=0.25,
+    )
+    assert times == [[2.0], [20.0]]
+    assert [e for e in machine.log if e in ("a", "b")] == ["a"] * 4 + ["b"] * 4
+    assert pauses == [0.25, 0.25] and machine.durations == []
+    with pytest.raises(ValueError, match="calls_per_turn >= 1"):
+        time_round_robin([lambda: None], repeats=1, calls_per_turn=0)
 
 
 def test_time_calls_measures_real_time() -> None:

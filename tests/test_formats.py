@@ -104,6 +104,34 @@ def test_soft_nms_needs_a_raw_export(exports) -> None:
     assert isinstance(soft, ExportedDetector) and soft.postprocess_config.nms == "soft"
 
 
+def test_pytorch_runs_single_threaded_beside_the_runtime(exports) -> None:
+    """While an exported detector letterboxes, runs its graph and decodes, PyTorch has one
+    thread (its spinning workers took the cores from the runtime's); after, as before."""
+    seen: list[int] = []
+    detector = load_exported(exports["--raw"])
+    runner = detector.runner
+
+    def spy(batch: np.ndarray) -> list[np.ndarray]:
+        seen.append(torch.get_num_threads())
+        return runner(batch)
+
+    detector.runner = spy  # type: ignore[assignment]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        detector.predict([np.zeros((60, 80, 3), np.uint8)])
+        detector.detect(torch.zeros(1, 3, 128, 128))
+        assert seen == [1, 1] and torch.get_num_threads() == 2
+        unchanged = load_exported(exports["--raw"], torch_threads=None)
+        unchanged.runner = spy  # type: ignore[assignment]
+        unchanged.detect(torch.zeros(1, 3, 128, 128))
+        assert seen == [1, 1, 2]
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="torch_threads"):
+        load_exported(exports["--raw"], torch_threads=0)
+
+
 def test_predict_runs_an_export_like_pytorch(trained_like, exports, tiny_demo, tmp_path) -> None:
     _, weights, _ = trained_like
     exported = exports["--with-nms"]

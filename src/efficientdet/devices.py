@@ -10,6 +10,7 @@ long the launches took, not the work (as ``torch.utils.benchmark.Timer`` does).
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable, Sequence
 
@@ -103,23 +104,44 @@ def time_round_robin(
     warmup: int = 1,
     device: torch.device | str | None = None,
     clock: Clock = time.perf_counter,
+    calls_per_turn: int = 1,
+    pause_s: float = 0.0,
 ) -> list[list[float]]:
-    """Seconds by ``clock`` of ``repeats`` calls of each of ``fns``, in order, one call of
-    each per round, after ``warmup`` untimed rounds: ``times[i][r]`` is ``fns[i]``'s call in
-    round ``r``.
+    """Seconds by ``clock`` of each of ``fns`` in ``repeats`` rounds, every function taking
+    its turn once per round, after ``warmup`` untimed rounds: ``times[i][r]`` is ``fns[i]``'s
+    time in round ``r``.
 
     Running them in alternation makes load from other processes on a shared machine fall on
     all of them alike. ``device`` and ``clock`` as in :func:`time_calls`.
+
+    Args:
+        calls_per_turn: consecutive calls of a function in its turn. Above 1, the first
+            warms its caches again after the other functions ran and is not timed; the
+            turn's time is the median of the others (steady state, as a function called
+            over and over runs).
+        pause_s: idle seconds before each turn, so that the worker threads of the function
+            before (PyTorch's OpenMP, ONNX Runtime, OpenVINO and XNNPACK keep spinning for a
+            while after a call) are asleep when this one starts.
     """
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
+    if repeats < 1 or warmup < 0 or calls_per_turn < 1 or pause_s < 0:
+        raise ValueError(
+            f"repeats must be >= 1, warmup >= 0, calls_per_turn >= 1 and pause_s >= 0; got "
+            f"{repeats}, {warmup}, {calls_per_turn} and {pause_s}"
+        )
     times: list[list[float]] = [[] for _ in fns]
     for round_ in range(warmup + repeats):
         for fn, record in zip(fns, times, strict=True):
-            synchronize(device)
-            start = clock()
-            fn()
-            synchronize(device)
+            if pause_s:
+                time.sleep(pause_s)
+            if calls_per_turn > 1:
+                fn()
+            turn = []
+            for _ in range(max(1, calls_per_turn - 1)):
+                synchronize(device)
+                start = clock()
+                fn()
+                synchronize(device)
+                turn.append(clock() - start)
             if round_ >= warmup:
-                record.append(clock() - start)
+                record.append(statistics.median(turn))
     return times

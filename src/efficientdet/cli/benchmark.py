@@ -141,6 +141,8 @@ def _header(args: argparse.Namespace, loaded: Any, threads: int, data: Any) -> l
     """Lines that say what was measured, where and how."""
     import torch
 
+    from ..deploy.benchmark import CALLS_PER_TURN, PAUSE_S
+
     cfg = loaded.model.config
     versions = [f"torch {torch.__version__}"]
     for module in ("onnxruntime", "openvino", "ai_edge_litert"):
@@ -154,7 +156,9 @@ def _header(args: argparse.Namespace, loaded: Any, threads: int, data: Any) -> l
         f"- command: `efficientdet benchmark {shlex.join(sys.argv[2:]) if len(sys.argv) > 2 else ''}`".rstrip(),
         f"- machine: {_cpu_name()}, {threads} threads, device {args.device}; {', '.join(versions)}",
         f"- timing: end to end (letterbox, network, post-processing, boxes to image pixels), "
-        f"median of {args.repeats} interleaved rounds at batch 1, of {max(3, args.repeats // 3)} at batch 8",
+        f"median of {args.repeats} interleaved rounds at batch 1, of {max(3, args.repeats // 3)} at batch 8; "
+        f"each round a turn per variant after a {PAUSE_S} s pause: one untimed call, the median "
+        f"of {CALLS_PER_TURN - 1} timed ones",
         f"- accuracy: {scored}, score threshold 0.001, 100 detections per image",
     ]
 

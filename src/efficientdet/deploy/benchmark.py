@@ -49,6 +49,11 @@ __all__ = [
 ]
 
 BENCHMARK_FORMATS = ("pytorch", "onnx", "openvino", "litert")
+# Timing turns: a re-warming call and three timed ones, after a pause in which the previous
+# variant's worker threads stop spinning. Back-to-back variants without the pause measured
+# ONNX Runtime int8 and OpenVINO fp32 at 2-2.5x their own time on 2 cores.
+CALLS_PER_TURN = 4
+PAUSE_S = 0.2
 BENCHMARK_PRECISIONS = ("fp32", "bf16", "int8")
 Detect = Callable[[Tensor], Any]
 
@@ -155,16 +160,21 @@ def plan_variants(
 
 @dataclass
 class _Built:
-    """A variant ready to time: ``detect`` on normalised batches, plus its input spec."""
+    """A variant ready to time: ``detect`` on normalised batches, plus its input spec, and
+    its own end-to-end ``predict`` where it has one (an export's, which runs PyTorch's part
+    single-threaded: :class:`~efficientdet.deploy.exported.ExportedDetector`)."""
 
     row: BenchmarkRow
     detect: Detect
     image_size: tuple[int, int]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    predict: Callable[[Sequence[Any]], object] | None = None
 
     @property
-    def predictor(self) -> LetterboxPredictor:
+    def predictor(self) -> Callable[[Sequence[Any]], object]:
+        if self.predict is not None:
+            return self.predict
         return LetterboxPredictor(self.detect, self.image_size, self.mean, self.std)
 
 
@@ -235,7 +245,7 @@ def _export_variant(
         export_s=round(time.perf_counter() - started, 1),
     )
     meta = detector.metadata
-    return _Built(row, detector.detect, meta.image_size, meta.mean, meta.std)
+    return _Built(row, detector.detect, meta.image_size, meta.mean, meta.std, detector.predict)
 
 
 def _time_variants(
@@ -247,15 +257,18 @@ def _time_variants(
     device: str,
 ) -> None:
     """Median batch-1 latency and batch-8 throughput of each predictor into its row, rounds
-    interleaved."""
+    interleaved. In each round a predictor takes a turn of :data:`CALLS_PER_TURN` calls after
+    a pause of :data:`PAUSE_S` (:func:`~efficientdet.devices.time_round_robin`): timed back to
+    back, as a deployed model runs, with the runtime before it idle."""
     one, eight = [images[0]], [images[i % len(images)] for i in range(8)]
     sync = device if parse_device(device).type == "cuda" else None
     singles = time_round_robin(
-        [partial(p, one) for p in predictors], repeats=repeats, warmup=2, device=sync
+        [partial(p, one) for p in predictors], repeats=repeats, warmup=1, device=sync,
+        calls_per_turn=CALLS_PER_TURN, pause_s=PAUSE_S,
     )
     batches = time_round_robin(
-        [partial(p, eight) for p in predictors], repeats=max(3, repeats // 3), warmup=1,
-        device=sync,
+        [partial(p, eight) for p in predictors], repeats=max(3, repeats // 3), warmup=0,
+        device=sync, calls_per_turn=CALLS_PER_TURN, pause_s=PAUSE_S,
     )
     for row, single, batch in zip(rows, singles, batches, strict=True):
         row.times_ms = [round(t * 1000, 2) for t in single]
