@@ -8,10 +8,12 @@ import pytest
 import torch
 
 from efficientdet.config import AnchorConfig
+from efficientdet.detection import postprocess as postprocess_module
 from efficientdet.detection.anchors import generate_anchors
 from efficientdet.detection.boxes import box_iou, encode, flatten_level_outputs
 from efficientdet.detection.postprocess import (
     PostprocessConfig,
+    best_kept_nms,
     class_aware_nms,
     postprocess,
     select_top_k,
@@ -290,6 +292,41 @@ def test_class_aware_nms_equals_torchvision_batched_nms(count: int) -> None:
     keep = class_aware_nms(boxes, scores, labels, 0.5)
     assert keep.tolist() == torchvision.ops.batched_nms(boxes, scores, labels, 0.5).tolist()
     assert class_aware_nms(boxes[:0], scores[:0], labels[:0], 0.5).shape == (0,)
+
+
+@pytest.mark.parametrize(
+    ("count", "max_kept", "spread"),
+    [(3000, 100, 6.0), (3000, 5000, 6.0), (5000, 100, 6.0), (50, 100, 6.0), (3000, 20, 400.0)],
+)
+def test_best_kept_nms_is_the_head_of_full_nms(
+    count: int, max_kept: int, spread: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prefixes of the score order give the same kept boxes as NMS over all candidates: with
+    a first prefix of 64 boxes, dense clusters (a few kept of many) need several rounds;
+    spread-out boxes stop at the first."""
+    monkeypatch.setattr(postprocess_module, "NMS_FIRST_CANDIDATES", 64)
+    calls: list[int] = []
+    nms = postprocess_module.class_aware_nms
+    monkeypatch.setattr(
+        postprocess_module, "class_aware_nms", lambda b, *rest: calls.append(len(b)) or nms(b, *rest)
+    )
+    generator = torch.Generator().manual_seed(count)
+    centres = torch.rand(12, 2, generator=generator) * 300
+    around = centres[torch.randint(0, 12, (count,), generator=generator)]
+    corners = around + torch.randn(count, 2, generator=generator) * spread
+    boxes = torch.cat([corners, corners + 30 + 5 * torch.rand(count, 2, generator=generator)], 1)
+    scores = torch.rand(count, generator=generator)
+    scores[:10] = scores[10:20]  # ties too
+    labels = torch.randint(0, 3, (count,), generator=generator)
+    full = class_aware_nms(boxes, scores, labels, 0.5)
+    got = best_kept_nms(boxes, scores, labels, 0.5, max_kept)
+    assert got.tolist() == full[:max_kept].tolist()
+    assert 0 < len(got) <= max_kept
+    assert calls[0] == min(64, count) and calls[-1] <= count
+    if spread > 100:
+        assert calls == [64]  # 20 of the best 64 spread-out boxes survive: one round
+    elif len(full) < max_kept:
+        assert calls[-1] == count  # fewer kept than asked: every candidate went in
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
