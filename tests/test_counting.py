@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from efficientdet.inference.counting import CountLine, Counter, Zone, parse_line, parse_zone
+from efficientdet.inference.counting import Counter, CountLine, Zone, parse_line, parse_zone
 
 
 def _frame(*objects: tuple[int, float, float]) -> tuple[torch.Tensor, torch.Tensor]:
