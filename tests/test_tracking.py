@@ -170,3 +170,55 @@ def test_records_without_tracking_have_no_track_id(tmp_path):
     assert record["detections"] and all("track_id" not in d for d in record["detections"])
     with pytest.raises(ValueError, match="mot needs tracking"):
         run_prediction(colour_detector, [tmp_path / "a.png"], tmp_path / "o2", mot=Path("x.txt"))
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import efficientdet as ed
+
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    model = ed.create_model("efficientdet_test", num_classes=3)
+    return ed.save_checkpoint(model, path, metadata={"class_names": ["a", "b", "c"]})
+
+
+def test_cli_predict_track_writes_ids_counts_and_the_mot_file(tmp_path, tiny_checkpoint, monkeypatch):
+    from efficientdet.cli.main import main
+    from efficientdet.inference.records import read_records
+
+    av = pytest.importorskip("av")
+    write_clip(av, tmp_path / "clip.mp4", frames=6)
+    monkeypatch.chdir(tmp_path)
+    status = main([
+        "predict", "clip.mp4", "--out", "out", "--weights", str(tiny_checkpoint), "--track",
+        "--tracker", "sort", "--track-activation", "0.0", "--score-threshold", "0.0",
+        "--max-detections", "3", "--mot", "tracks.txt", "--count-line", "80,0,80,120",
+        "--zone", "0,0,80,0,80,120,0,120", "--quiet",
+    ])
+    assert status == 0
+    records = list(read_records(tmp_path / "out"))
+    assert [r["frame"] for r in records] == list(range(6))
+    assert all(len(r["detections"]) == 3 for r in records)
+    assert all(set(r["counts"]) == {"lines", "zones"} for r in records)
+    # The untrained network's boxes (scores ~0.01) wander; some are tracked (SORT: from the
+    # third frame a box is matched in), every one says whether it is.
+    tracked = [d for r in records for d in r["detections"] if d["track_id"] is not None]
+    assert all("track_id" in d for r in records for d in r["detections"]) and tracked
+    lines = (tmp_path / "tracks.txt").read_text().splitlines()
+    assert len(lines) == len(tracked)
+    stored = json.loads((tmp_path / "out" / "predict_args.json").read_text())
+    assert stored["track"] and stored["tracker"] == "sort" and stored["mot"] == "tracks.txt"
+    assert (tmp_path / "out" / "clip.mp4").is_file()
+
+
+def test_cli_refuses_a_threshold_the_tracker_does_not_have(tmp_path, tiny_checkpoint, capsys):
+    from efficientdet.cli.main import main
+
+    Image.fromarray(clip_frame(0)).save(tmp_path / "a.png")
+    status = main([
+        "predict", str(tmp_path / "a.png"), "--out", str(tmp_path / "out"), "--weights",
+        str(tiny_checkpoint), "--tracker", "ocsort", "--track-activation", "0.5", "--track",
+    ])
+    assert status == 2
+    assert capsys.readouterr().err.strip() == (
+        "efficientdet predict: error: the ocsort tracker has no activation threshold"
+    )
