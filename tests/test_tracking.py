@@ -69,7 +69,24 @@ def test_tracker_options_refuse_what_a_tracker_does_not_have():
     with pytest.raises(ValueError, match="iou_threshold must be in"):
         TrackerOptions("sort", iou_threshold=1.5)
     options = TrackerOptions("bytetrack", activation_threshold=0.4, lost_buffer=10)
-    assert options.arguments() == {"track_activation_threshold": 0.4, "lost_track_buffer": 10}
+    assert options.arguments({}) == {"track_activation_threshold": 0.4, "lost_track_buffer": 10}
+    # Defaults fill what is not set; what is set wins.
+    defaults = {"bytetrack": {"high_threshold": 0.5, "activation_threshold": 0.6}, "sort": {"min_frames": 3}}
+    assert options.arguments(defaults) == {
+        "high_conf_det_threshold": 0.5, "track_activation_threshold": 0.4, "lost_track_buffer": 10,
+    }
+
+
+def test_library_defaults_are_what_the_trackers_library_builds_with():
+    from efficientdet.inference.tracking import library_defaults
+
+    own = library_defaults("ocsort")
+    assert set(own) == {"high_threshold", "iou_threshold", "lost_buffer", "min_frames"}
+    built = Tracker(TrackerOptions("ocsort"), defaults={})._tracker
+    assert built.high_conf_det_threshold == own["high_threshold"]
+    assert built.minimum_iou_threshold == own["iou_threshold"]
+    assert built.minimum_consecutive_frames == own["min_frames"]
+    assert "activation_threshold" in library_defaults("bytetrack")
 
 
 def _ids_by_colour(records: list[dict]) -> dict[int, list[int | None]]:

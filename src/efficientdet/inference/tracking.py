@@ -14,6 +14,8 @@ tracking benchmark (``benchmarks/tracking_study.py``, table in the README).
 from __future__ import annotations
 
 import dataclasses
+import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +32,7 @@ __all__ = [
     "Tracker",
     "TrackerOptions",
     "import_trackers",
+    "library_defaults",
     "tracked_ids",
 ]
 
@@ -47,6 +50,12 @@ _ARGUMENTS = {
     "lost_buffer": ("lost_track_buffer", TRACKER_NAMES),
     "min_frames": ("minimum_consecutive_frames", TRACKER_NAMES),
 }
+
+
+# The thresholds the benchmark (benchmarks/tracking_study.py, README "Tracking") found best
+# for this project's detectors, where they differ from the trackers library's defaults; an
+# option a user sets wins.
+MEASURED_DEFAULTS: dict[str, dict[str, Any]] = {}
 
 
 def import_trackers() -> Any:
@@ -101,27 +110,43 @@ class TrackerOptions:
         if self.min_frames is not None and self.min_frames < 1:
             raise ValueError(f"min_frames must be >= 1, got {self.min_frames}")
 
-    def arguments(self) -> dict[str, Any]:
-        """The keyword arguments of the ``trackers`` class this sets (the others keep its
-        defaults)."""
-        return {
-            argument: getattr(self, option)
-            for option, (argument, _) in _ARGUMENTS.items()
-            if getattr(self, option) is not None
-        }
+    def arguments(self, defaults: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+        """The keyword arguments of the ``trackers`` class: the options set here, else
+        ``defaults[name]`` (default :data:`MEASURED_DEFAULTS`; ``{}``: the library's own)."""
+        chosen = dict((MEASURED_DEFAULTS if defaults is None else defaults).get(self.name, {}))
+        chosen.update({
+            option: getattr(self, option) for option in _ARGUMENTS if getattr(self, option) is not None
+        })
+        return {_ARGUMENTS[option][0]: value for option, value in chosen.items()}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def _build(options: TrackerOptions, frame_rate: float) -> Any:
+def _tracker_class(name: str) -> Any:
     trackers = import_trackers()
     classes = {
         "bytetrack": trackers.ByteTrackTracker,
         "sort": trackers.SORTTracker,
         "ocsort": trackers.OCSORTTracker,
     }
-    return classes[options.name](frame_rate=frame_rate, **options.arguments())
+    return classes[name]
+
+
+def library_defaults(name: str) -> dict[str, Any]:
+    """The trackers library's own value of each :class:`TrackerOptions` option that tracker
+    ``name`` has (read from its signature)."""
+    parameters = inspect.signature(_tracker_class(name).__init__).parameters
+    return {
+        option: parameters[argument].default
+        for option, (argument, names) in _ARGUMENTS.items() if name in names
+    }
+
+
+def _build(
+    options: TrackerOptions, frame_rate: float, defaults: Mapping[str, Mapping[str, Any]] | None
+) -> Any:
+    return _tracker_class(options.name)(frame_rate=frame_rate, **options.arguments(defaults))
 
 
 class Tracker:
@@ -138,14 +163,19 @@ class Tracker:
     Args:
         options: the tracker and its thresholds; a name for the defaults.
         frame_rate: frames per second of the sequence; scales how long lost tracks are kept.
+        defaults: thresholds per tracker for the options not set (default
+            :data:`MEASURED_DEFAULTS`; ``{}`` for the trackers library's own).
     """
 
-    def __init__(self, options: TrackerOptions | str = DEFAULT_TRACKER, *, frame_rate: float = 30.0):
+    def __init__(
+        self, options: TrackerOptions | str = DEFAULT_TRACKER, *, frame_rate: float = 30.0,
+        defaults: Mapping[str, Mapping[str, Any]] | None = None,
+    ):
         self.options = TrackerOptions(options) if isinstance(options, str) else options
         if not frame_rate > 0:
             raise ValueError(f"frame_rate must be positive, got {frame_rate}")
         self.frame_rate = float(frame_rate)
-        self._tracker = _build(self.options, self.frame_rate)
+        self._tracker = _build(self.options, self.frame_rate, defaults)
         import supervision  # a dependency of trackers: the Detections type it takes
 
         self._supervision = supervision
