@@ -12,10 +12,9 @@ import pytest
 pytest.importorskip("trackeval", reason="the track-bench extra (trackeval) is not installed")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
+from efficientdet.inference.mot import mot_line  # noqa: E402
 from tracking_scenes import MIN_VISIBLE, SIZE, make_sequence  # noqa: E402
 from tracking_study import evaluate  # noqa: E402
-
-from efficientdet.inference.mot import mot_line  # noqa: E402
 
 
 def _as_tracker(gt: list[str], swap_from: int | None = None) -> list[str]:
