@@ -239,3 +239,22 @@ def test_cli_refuses_a_threshold_the_tracker_does_not_have(tmp_path, tiny_checkp
     assert capsys.readouterr().err.strip() == (
         "efficientdet predict: error: the ocsort tracker has no activation threshold"
     )
+
+
+def test_a_resumed_folder_of_frames_continues_after_the_ids_it_wrote(tmp_path):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(12):
+        Image.fromarray(clip_frame(i)).save(frames / f"{i:04d}.png")
+    out = tmp_path / "out"
+    run_prediction(colour_detector, iter_sources([frames]), out, progress=False,
+                   tracking=TrackingConfig(), pictures=False)
+    records = (out / "predictions.jsonl").read_text().splitlines(keepends=True)
+    (out / "predictions.jsonl").write_text("".join(records[:6]))  # killed after 6 frames
+    before = {d["track_id"] for line in records[:6] for d in json.loads(line)["detections"]} - {None}
+    report = run_prediction(colour_detector, iter_sources([frames]), out, progress=False,
+                            tracking=TrackingConfig(), pictures=False, resume=True)
+    assert report.resumed == 6 and report.images == 6
+    after = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()[6:]]
+    new_ids = {d["track_id"] for r in after for d in r["detections"]} - {None}
+    assert before == {0, 1} and new_ids and min(new_ids) > max(before)

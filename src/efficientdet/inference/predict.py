@@ -77,7 +77,7 @@ from .sources import (
     parse_shard,
     select_inputs,
 )
-from .track_session import TrackingConfig
+from .track_session import TrackingConfig, image_sequence
 from .video import VideoFrames, VideoWriter, frame_rate, import_av
 from .visualize import ClassNames
 
@@ -114,7 +114,7 @@ def _predict_images(run: PredictionRun, batch: list[Decoded]) -> None:
         return
     records = []
     for item, detection in zip(batch, run.detect(batch), strict=True):
-        detection, counts = run.track(detection, f"folder:{item.input.path.parent.as_posix()}")
+        detection, counts = run.track(detection, image_sequence(item.input.name))
         output = run.save_picture(item, detection, counts)
         extra = {"counts": counts} if counts is not None else None
         records.append(run.record(item.input, item.size, output, detection, extra=extra))

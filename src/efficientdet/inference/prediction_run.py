@@ -30,9 +30,10 @@ from .records import (
     PredictionFailure,
     RecordLog,
     image_record,
+    read_records,
 )
 from .sources import Input
-from .track_session import TrackingConfig, TrackingSession
+from .track_session import TrackingConfig, TrackingSession, image_sequence
 from .visualize import ClassNames
 
 __all__ = ["PredictionReport", "PredictionRun", "open_run"]
@@ -111,10 +112,12 @@ class PredictionRun:
     pictures: PictureWriter | None  # None: no pictures or videos written
     report: PredictionReport
     tracking: TrackingSession | None = None  # None: no tracking
+    # A resumed run's highest track id per sequence: its ids continue after them.
+    resumed_ids: dict[str, int] = field(default_factory=dict)
 
     def fail(self, index: int, path: Path | str, reason: str) -> None:
         self.report.failures.append(PredictionFailure(str(path), reason))
-        self.log.fail(index, Path(path), reason)
+        self.log.fail(index, path, reason)
         logger.warning("%s: %s", path, reason)
 
     def detect(self, batch: list[Decoded]) -> list[Detection]:
@@ -139,7 +142,7 @@ class PredictionRun:
         of ``sequence`` (a new name starts a new sequence); without, as it is and None."""
         if self.tracking is None:
             return detection, None
-        self.tracking.start(sequence, frame_rate)
+        self.tracking.start(sequence, frame_rate, first_id=self.resumed_ids.get(sequence, -1) + 1)
         return self.tracking.update(detection, timestamp)
 
     def annotate(
@@ -188,6 +191,7 @@ def open_run(
     report = PredictionReport(resumed=log.resumed)
     report.failures.extend(log.previous_failures)
     names = OutputNames([PREDICTIONS_FILE, RECORDS_FILE, FAILURES_FILE, *log.reserved])
+    resumed_ids = _highest_ids(out) if tracking is not None and log.resumed else {}
     return PredictionRun(
         predict_fn=predict_fn,
         batch_size=batch_size,
@@ -197,4 +201,20 @@ def open_run(
         pictures=PictureWriter(out, names, class_names, score_threshold) if pictures else None,
         report=report,
         tracking=TrackingSession(tracking) if tracking is not None else None,
+        resumed_ids=resumed_ids,
     )
+
+
+def _highest_ids(out: Path) -> dict[str, int]:
+    """The highest track id the records of each folder of still images hold (a resumed run
+    picks such a sequence up in the middle: its new ids must not reuse these). Videos and
+    streams are redone from their first frame."""
+    highest: dict[str, int] = {}
+    for record in read_records(out):
+        if "frame" in record:
+            continue
+        key = image_sequence(str(record["file_name"]))
+        ids = [d["track_id"] for d in record["detections"] if d.get("track_id") is not None]
+        if ids:
+            highest[key] = max(highest.get(key, -1), *ids)
+    return highest

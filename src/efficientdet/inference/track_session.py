@@ -10,6 +10,7 @@ changes, so ids, trails and counts never carry over from one to the next.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any
 
 from PIL import Image
@@ -20,7 +21,12 @@ from .tracking import NO_TRACK, Tracker, TrackerOptions
 from .visualize import ClassNames
 from .visualize_tracks import DEFAULT_TRAIL, Trails, draw_counts, draw_tracks
 
-__all__ = ["TrackingConfig", "TrackingSession"]
+__all__ = ["TrackingConfig", "TrackingSession", "image_sequence"]
+
+
+def image_sequence(file_name: str) -> str:
+    """The sequence a still image belongs to when tracking: the frames of its folder."""
+    return f"folder:{PurePosixPath(file_name).parent}"
 
 
 @dataclass(frozen=True)
