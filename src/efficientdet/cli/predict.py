@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..inference.tracking import DEFAULT_TRACKER, TRACK_SCORE_THRESHOLD, TRACKER_NAMES
+from ..inference.visualize_tracks import DEFAULT_TRAIL
 from .options import (
     DEVICE_ONNX_HELP,
     PRETRAINED_HELP,
@@ -30,9 +32,6 @@ from .options import (
 NAME = "predict"
 HELP = "detect (and track) objects in images, folders, globs, videos and live streams"
 DEFAULT_SCORE_THRESHOLD = 0.3
-# With --track the detector's weaker boxes go to the tracker too (ByteTrack keeps tracks
-# alive with them); measured on the tracking benchmark (README, "Tracking").
-TRACK_SCORE_THRESHOLD = 0.1
 
 _PREDICT_ARGS_FILE = "predict_args.json"
 _NOT_STORED = {"command", "verbose", "resume", "quiet"}
@@ -84,9 +83,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_tracking_arguments(p: argparse.ArgumentParser) -> None:
     """``--track`` and its options, counting, MOT output and live-stream options."""
-    from ..inference.tracking import DEFAULT_TRACKER, TRACKER_NAMES
-    from ..inference.visualize_tracks import DEFAULT_TRAIL
-
     g = p.add_argument_group("tracking (pip install 'efficientdet[track]')")
     g.add_argument("--track", action="store_true",
                    help="follow objects through each video, stream and folder of frames: "

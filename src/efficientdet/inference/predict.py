@@ -6,8 +6,13 @@
              --reader.py---> decoded (thread pool, at most 2 batches ahead, in input order:
                                       decode + letterbox, or the failure's reason)
              --predictor---> detections per image, in its pixels (one batch per call)
+             --tracking----> track ids and counts per sequence (with ``tracking``)
              --sinks-------> records.py   predictions.jsonl, failures.jsonl; predictions.json
                              pictures.py  annotated pictures      video.py  annotated videos
+                             mot.py       MOT Challenge files (with ``mot``)
+
+Live sources (stream URLs, camera indices) leave the reader undecoded and are predicted one
+newest frame at a time by :func:`~efficientdet.inference.predict_stream.predict_stream`.
 
 The detector comes in as ``predict_fn(images) -> predictions`` taking a list of RGB ``PIL``
 images and returning, per image, a dict with ``boxes`` (``Tensor[K,4]`` xyxy in that image's

@@ -29,7 +29,7 @@ from .live import LiveOptions, LiveReader, is_stream, live_frames
 from .predictor import Detection, normalize_detections
 from .sources import is_video, iter_sources
 from .track_session import TrackingConfig, TrackingSession
-from .tracking import TrackerOptions
+from .tracking import DEFAULT_TRACKER, TRACK_SCORE_THRESHOLD, TrackerOptions
 from .video import DEFAULT_FRAME_RATE, VideoFrames, import_av, upright_frame
 from .video import frame_rate as stream_rate
 from .visualize import ClassNames
@@ -132,8 +132,8 @@ def track(
     detector: DetectorLike,
     source: str | Path | int | Iterable[ImageSource],
     *,
-    tracker: str | TrackerOptions = "bytetrack",
-    score_threshold: float = 0.1,
+    tracker: str | TrackerOptions = DEFAULT_TRACKER,
+    score_threshold: float = TRACK_SCORE_THRESHOLD,
     lines: Sequence[CountLine] = (),
     zones: Sequence[Zone] = (),
     duration: float | None = None,
