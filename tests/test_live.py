@@ -5,7 +5,9 @@ drops and through a restart of the server; Ctrl-C ends a stream with the files c
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -124,13 +126,15 @@ def test_duration_ends_an_endless_source():
     assert frames and all(f.time <= 0.3 for f in frames) and reader.error is None
 
 
-def _detector(delay: float = 0.0, interrupt_at: int | None = None):
+def _detector(delay: float = 0.0, interrupt_at: int | None = None, terminate_at: int | None = None):
     calls = []
 
     def detect(images: list[Image.Image]) -> list[dict[str, torch.Tensor]]:
         calls.append(len(images))
         if interrupt_at is not None and len(calls) == interrupt_at:
             raise KeyboardInterrupt
+        if terminate_at is not None and len(calls) == terminate_at:
+            os.kill(os.getpid(), signal.SIGTERM)  # a service manager stopping the process
         time.sleep(delay)
         return [{"boxes": torch.tensor([[4.0, 4.0, 20.0, 16.0]]), "scores": torch.tensor([0.9]),
                  "labels": torch.tensor([0])} for _ in images]
@@ -138,7 +142,8 @@ def _detector(delay: float = 0.0, interrupt_at: int | None = None):
     return detect
 
 
-def test_ctrl_c_ends_the_stream_and_the_run_with_complete_files(tmp_path, monkeypatch):
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_ends_the_stream_and_the_run_with_complete_files(tmp_path, monkeypatch, stop):
     def fake_live_frames(av, source, options, on_open=None) -> Iterator[int]:
         yield from _paced(10**6, 0.005, [])
 
@@ -146,8 +151,10 @@ def test_ctrl_c_ends_the_stream_and_the_run_with_complete_files(tmp_path, monkey
     monkeypatch.setattr(predict_stream_module, "upright_frame", _as_image)
     still = tmp_path / "later.png"
     FRAME.save(still)
-    report = run_prediction(_detector(interrupt_at=5), ["rtsp://cam/live", still], tmp_path / "out",
-                            progress=False)
+    detect = _detector(interrupt_at=5) if stop == "ctrl-c" else _detector(terminate_at=5)
+    before = signal.getsignal(signal.SIGTERM)
+    report = run_prediction(detect, ["rtsp://cam/live", still], tmp_path / "out", progress=False)
+    assert signal.getsignal(signal.SIGTERM) is before  # the stream's handler is gone again
     assert report.interrupted and report.streams == 1 and report.frames == 4
     assert report.images == 0  # the run ended with the stream
     records = [json.loads(line) for line in (tmp_path / "out" / RECORDS_FILE).open()]
@@ -155,7 +162,7 @@ def test_ctrl_c_ends_the_stream_and_the_run_with_complete_files(tmp_path, monkey
     assert [set(r) >= {"frame", "time", "dropped"} for r in records] == [True] * 4
     assert len(json.loads((tmp_path / "out" / PREDICTIONS_FILE).read_text())) == 4
     assert (tmp_path / "out" / "live.mp4").is_file()
-    assert "stopped by Ctrl-C" in report.summary()
+    assert "stopped by Ctrl-C / SIGTERM" in report.summary()
 
 
 def _free_port() -> int:

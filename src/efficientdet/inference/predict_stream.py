@@ -8,14 +8,17 @@ frames), ``time`` (seconds from the start of reading) and ``dropped`` (frames dr
 far); the annotated ``<name>.mp4`` keeps real time (each frame shows at its time).
 
 The stream ends at ``duration``, when it is given up (no frame for ``give_up_after`` seconds
-through the reconnection tries: a failure of that input), or on Ctrl-C: then the frames
-taken so far are recorded and encoded, the video closed, and the run ends with its files
-complete (``report.interrupted``).
+through the reconnection tries: a failure of that input), or on Ctrl-C or SIGTERM (what a
+service manager sends to stop it): then the frames taken so far are recorded and encoded,
+the video closed, and the run ends with its files complete (``report.interrupted``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -75,6 +78,24 @@ def _predict_frame(run: PredictionRun, item: Input, frame: LiveFrame, output: _S
     run.log.write([run.record(item, frame.image.size, name, detection, frame=frame.number, extra=extra)])
 
 
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """While reading a stream, SIGTERM stops it as Ctrl-C does (main thread only)."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def predict_stream(run: PredictionRun, item: Input, options: LiveOptions) -> None:
     """Predict the live source ``item`` until it ends (module docstring); count it, its
     frames, drops and reconnections in the run's report, or fail it."""
@@ -92,14 +113,14 @@ def predict_stream(run: PredictionRun, item: Input, options: LiveOptions) -> Non
         name=item.name,
     )
     try:
-        with reader, tqdm(desc=item.path.name, unit="frame", leave=False,
-                          disable=not run.show_progress) as bar:
+        with _sigterm_interrupts(), reader, tqdm(desc=item.path.name, unit="frame", leave=False,
+                                                 disable=not run.show_progress) as bar:
             for frame in reader:
                 _predict_frame(run, item, frame, output)
                 done += 1
                 bar.update(1)
     except KeyboardInterrupt:
-        logger.warning("%s: stopped by Ctrl-C after %d frames", item.name, done)
+        logger.warning("%s: stopped (Ctrl-C or SIGTERM) after %d frames", item.name, done)
         run.report.interrupted = True
     finally:
         path = output.close()

@@ -59,7 +59,8 @@ class PredictionReport:
         streams: live streams read.
         dropped: stream frames dropped because the detector was busy.
         reconnects: times a dropped stream was opened again.
-        interrupted: Ctrl-C ended a live stream (and the run, with its files complete).
+        interrupted: Ctrl-C or SIGTERM ended a live stream (and the run, with its files
+            complete).
         mot_paths: the MOT Challenge files written.
     """
 
@@ -94,7 +95,7 @@ class PredictionReport:
         if self.resumed:
             text += f" (resumed after {self.resumed} records)"
         if self.interrupted:
-            text += "; stopped by Ctrl-C"
+            text += "; stopped by Ctrl-C / SIGTERM"
         if self.predictions_path is not None:
             text += f"; results in {self.predictions_path}"
         return text
