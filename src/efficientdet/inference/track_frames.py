@@ -74,24 +74,27 @@ def _predict_fn(detector: DetectorLike) -> Callable[[list[Image.Image]], Sequenc
 
 
 def _file_frames(source: Path) -> tuple[Frames, Callable[[], float]]:
-    """A video's frames, or a folder's (or glob's) images in name order, and the rate."""
-    if is_video(source):
-        av = import_av()
-        container = av.open(str(source))
-        stream = container.streams.video[0]
-        rate = float(stream_rate(stream))
+    """A video's frames, or a folder's (or glob's) images in name order, and the rate
+    (a video's is known once it is open, at its first frame)."""
+    if not is_video(source):
+        paths = [Path(p) for p in iter_sources([source]) if not is_video(p)]
+        return ((n, load_image(p), None) for n, p in enumerate(paths)), lambda: float(DEFAULT_FRAME_RATE)
+    av = import_av()
+    rate = [float(DEFAULT_FRAME_RATE)]
 
-        def video() -> Frames:
-            with container:
-                frames = VideoFrames(av, container, stream)
-                for number, image in enumerate(frames):
-                    yield number, image, None
-                if frames.error is not None:
-                    raise ValueError(f"{source}: video decoding failed ({frames.error})")
+    def video() -> Frames:
+        with av.open(str(source)) as container:
+            if not container.streams.video:
+                raise ValueError(f"{source}: has no video stream")
+            stream = container.streams.video[0]
+            rate[0] = float(stream_rate(stream))
+            frames = VideoFrames(av, container, stream)
+            for number, image in enumerate(frames):
+                yield number, image, None
+            if frames.error is not None:
+                raise ValueError(f"{source}: video decoding failed ({frames.error})")
 
-        return video(), lambda: rate
-    paths = [Path(p) for p in iter_sources([source]) if not is_video(p)]
-    return ((n, load_image(p), None) for n, p in enumerate(paths)), lambda: float(DEFAULT_FRAME_RATE)
+    return video(), lambda: rate[0]
 
 
 def _live_frames(source: str, options: LiveOptions) -> tuple[Frames, Callable[[], float]]:
