@@ -25,10 +25,11 @@ def _config(tiny_demo, out: Path, *extra: str):
     ])
 
 
-def test_a_run_logs_to_mlflow_and_resume_continues_the_same_run(tiny_demo, tmp_path):
+def test_a_run_logs_to_mlflow_and_resume_continues_the_same_run(tiny_demo, tmp_path, monkeypatch):
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
+    monkeypatch.chdir(tmp_path)  # MLflow's relative defaults (./mlruns) land here, if anywhere
     run_dir = tmp_path / "run"
     first = train(_config(tiny_demo, run_dir), on_step=lambda step, row: step == 3)
     assert first.status == "interrupted"
@@ -72,6 +73,7 @@ def test_a_tracking_uri_is_used_as_given_and_params_are_flat(tiny_demo, tmp_path
 
     # A local file store (MLflow 3 keeps it for old runs, behind this switch).
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.chdir(tmp_path)  # MLflow's relative defaults (./mlruns) land here, if anywhere
     uri = (tmp_path / "mlruns").as_uri()
     result = train(_config(
         tiny_demo, tmp_path / "run", "run.max_steps=2", f"run.mlflow_tracking_uri={uri}",
@@ -79,6 +81,7 @@ def test_a_tracking_uri_is_used_as_given_and_params_are_flat(tiny_demo, tmp_path
     ))
     assert result.status == "finished"
     assert not (tmp_path / "run" / "mlflow.db").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlruns", "run"]
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("digits")
     assert experiment is not None
