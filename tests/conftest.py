@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-# Never touch the network from tests (timm / huggingface hub).
+# Never touch the network from tests (timm / huggingface hub, MLflow's usage telemetry).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 

@@ -31,6 +31,8 @@ _EXPORTS = {
     "tune_cpu_allocator": "deploy.runtime",
     "compound_config": "modeling.scaling",
     "train_in_budget": "train.budget_recipe",
+    "Tracker": "inference.tracking",
+    "track": "inference.track_frames",
 }
 
 if TYPE_CHECKING:
@@ -39,6 +41,8 @@ if TYPE_CHECKING:
     from .detection.anchors import Anchors, generate_anchors
     from .detection.detector import Detector
     from .inference.loading import load_pretrained, load_trained, pretrained_detector
+    from .inference.track_frames import track
+    from .inference.tracking import Tracker
     from .modeling.checkpoint import load_checkpoint, save_checkpoint
     from .modeling.factory import create_model
     from .modeling.model import EfficientDet
@@ -67,6 +71,7 @@ __all__ = [
     "Detector",
     "EfficientDet",
     "ModelConfig",
+    "Tracker",
     "__version__",
     "compound_config",
     "create_model",
@@ -80,6 +85,7 @@ __all__ = [
     "pretrained_detector",
     "register_model",
     "save_checkpoint",
+    "track",
     "train_in_budget",
     "tune_cpu_allocator",
 ]

@@ -88,4 +88,12 @@ class PictureWriter:
         Raises:
             OSError: the file could not be written.
         """
-        self.annotate(image, detection).save(path, quality=JPEG_QUALITY)
+        self.save(path, self.annotate(image, detection))
+
+    def save(self, path: Path, picture: Image.Image) -> None:
+        """Write an annotated ``picture`` to ``path``.
+
+        Raises:
+            OSError: the file could not be written.
+        """
+        picture.save(path, quality=JPEG_QUALITY)

@@ -6,8 +6,13 @@
              --reader.py---> decoded (thread pool, at most 2 batches ahead, in input order:
                                       decode + letterbox, or the failure's reason)
              --predictor---> detections per image, in its pixels (one batch per call)
+             --tracking----> track ids and counts per sequence (with ``tracking``)
              --sinks-------> records.py   predictions.jsonl, failures.jsonl; predictions.json
                              pictures.py  annotated pictures      video.py  annotated videos
+                             mot.py       MOT Challenge files (with ``mot``)
+
+Live sources (stream URLs, camera indices) leave the reader undecoded and are predicted one
+newest frame at a time by :func:`~efficientdet.inference.predict_stream.predict_stream`.
 
 The detector comes in as ``predict_fn(images) -> predictions`` taking a list of RGB ``PIL``
 images and returning, per image, a dict with ``boxes`` (``Tensor[K,4]`` xyxy in that image's
@@ -44,27 +49,25 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .pictures import OutputNames, PictureWriter
-from .predictor import Detection, LetterboxPredictor, PredictFn, normalize_detections
+from .live import LiveOptions
+from .mot import write_mot
+from .predict_stream import predict_stream
+from .prediction_run import PredictionReport, PredictionRun, open_run
+from .predictor import LetterboxPredictor, PredictFn
 from .reader import Decoded, ImageLoader, ReadAhead, default_workers
 from .records import (
     FAILURES_FILE,
     PREDICTIONS_FILE,
     RECORDS_FILE,
-    Categories,
     LabelMap,
     PredictionFailure,
     RecordLog,
     detection_records,
-    image_record,
     read_records,
     write_coco,
 )
@@ -79,6 +82,7 @@ from .sources import (
     parse_shard,
     select_inputs,
 )
+from .track_session import TrackingConfig, image_sequence
 from .video import VideoFrames, VideoWriter, frame_rate, import_av
 from .visualize import ClassNames
 
@@ -107,133 +111,45 @@ logger = logging.getLogger(__name__)
 PREFETCH_BATCHES = 2  # batches the reader decodes ahead of the network, at most
 
 
-@dataclass
-class PredictionReport:
-    """What :func:`run_prediction` did.
-
-    Attributes:
-        images: still images predicted and written.
-        videos: videos predicted and written (a video cut short by a decoding error counts
-            here and in ``failures``).
-        frames: video frames predicted, over all videos.
-        detections: detections written to the JSON file, over images and frames.
-        failures: inputs skipped or cut short, each with its reason.
-        outputs: files written, annotated pictures and videos, in input order.
-        predictions_path: the COCO results JSON file.
-        resumed: records (images and frames) an earlier run had written, with ``resume``;
-            the counts above are this call's, ``failures`` includes the earlier run's.
-    """
-
-    images: int = 0
-    videos: int = 0
-    frames: int = 0
-    detections: int = 0
-    failures: list[PredictionFailure] = field(default_factory=list)
-    outputs: list[Path] = field(default_factory=list)
-    predictions_path: Path | None = None
-    resumed: int = 0
-
-    @property
-    def ok(self) -> bool:
-        """True when every input was read completely."""
-        return not self.failures
-
-    def summary(self) -> str:
-        """One line for the command line: counts, then failures."""
-        text = (
-            f"{self.images} images, {self.videos} videos ({self.frames} frames), "
-            f"{self.detections} detections, {len(self.failures)} failures"
-        )
-        if self.resumed:
-            text += f" (resumed after {self.resumed} records)"
-        if self.predictions_path is not None:
-            text += f"; results in {self.predictions_path}"
-        return text
-
-
-@dataclass
-class _Run:
-    """The predictor and the sinks every input of one :func:`run_prediction` call shares."""
-
-    predict_fn: PredictFn
-    batch_size: int
-    show_progress: bool
-    categories: Categories
-    log: RecordLog
-    pictures: PictureWriter | None  # None: no pictures or videos written
-    report: PredictionReport
-
-    def fail(self, index: int, path: Path, reason: str) -> None:
-        self.report.failures.append(PredictionFailure(str(path), reason))
-        self.log.fail(index, path, reason)
-        logger.warning("%s: %s", path, reason)
-
-    def detect(self, batch: list[Decoded]) -> list[Detection]:
-        """Detections of decoded images, in their pixels: the letterboxed pixels to a
-        :class:`LetterboxPredictor`, the images to any other ``predict_fn``."""
-        fn = self.predict_fn
-        if isinstance(fn, LetterboxPredictor) and all(d.pixels is not None for d in batch):
-            pixels = torch.stack([d.pixels for d in batch if d.pixels is not None])
-            return fn.detect_letterboxed(pixels, [d.info for d in batch if d.info is not None])
-        images = [d.image for d in batch if d.image is not None]
-        return normalize_detections(fn(images), len(batch))
-
-    def save_picture(self, item: Decoded, detection: Detection) -> str | None:
-        """The annotated picture's name in the output folder; None when not written."""
-        if self.pictures is None or item.image is None:
-            return None
-        path = self.pictures.path_for(item.input.path)
-        try:
-            self.pictures.write(path, item.image, detection)
-        except OSError as e:
-            self.fail(item.input.index, item.input.path, f"could not write {path} ({e})")
-            return None
-        self.report.outputs.append(path)
-        return path.name
-
-    def record(
-        self, item: Input, size: tuple[int, int], output: str | None, detection: Detection,
-        frame: int | None = None,
-    ) -> dict[str, Any]:
-        self.report.detections += len(detection["boxes"])
-        return image_record(
-            item.index, item.path.as_posix(), size, output, self.categories.records(detection),
-            item.digest, frame=frame,
-        )
-
-
-def _predict_images(run: _Run, batch: list[Decoded]) -> None:
-    """Predict, draw and record one batch of still images; the records go out in one write,
-    after the pictures."""
+def _predict_images(run: PredictionRun, batch: list[Decoded]) -> None:
+    """Predict, track (when asked), draw and record one batch of still images; the records
+    go out in one write, after the pictures. With tracking, the images of one folder are the
+    frames of one sequence, in input order."""
     if not batch:
         return
     records = []
     for item, detection in zip(batch, run.detect(batch), strict=True):
-        output = run.save_picture(item, detection)
-        records.append(run.record(item.input, item.size, output, detection))
+        detection, counts = run.track(detection, image_sequence(item.input.name))
+        output = run.save_picture(item, detection, counts)
+        extra = {"counts": counts} if counts is not None else None
+        records.append(run.record(item.input, item.size, output, detection, extra=extra))
         run.report.images += 1
     run.log.write(records)
     batch.clear()
 
 
 def _predict_frames(
-    run: _Run, item: Input, frames: VideoFrames, writer: VideoWriter | None, output: str | None,
-    bar: tqdm,
+    run: PredictionRun, item: Input, frames: VideoFrames, writer: VideoWriter | None,
+    output: str | None, rate: float, bar: tqdm,
 ) -> int:
-    """Predict, record and (with a writer) encode every frame; returns how many were done.
-    Frames decoded before a decoding error are still predicted, recorded and written."""
+    """Predict, track (when asked), record and (with a writer) encode every frame; returns
+    how many were done. Frames decoded before a decoding error are still predicted, recorded
+    and written."""
     done = 0
     batch: list[Image.Image] = []
+    sequence = f"video:{item.index}"
 
     def flush() -> None:
         nonlocal done
         records = []
-        for image, detection in zip(
-            batch, normalize_detections(run.predict_fn(batch), len(batch)), strict=True
-        ):
+        for image, detection in zip(batch, run.detect_images(batch), strict=True):
+            detection, counts = run.track(detection, sequence, rate)
             if writer is not None and run.pictures is not None:
-                writer.write(run.pictures.annotate(image, detection))
-            records.append(run.record(item, image.size, output, detection, frame=done))
+                writer.write(run.annotate(image, detection, counts))
+            extra = {"counts": counts} if counts is not None else None
+            records.append(
+                run.record(item, image.size, output, detection, frame=done, extra=extra)
+            )
             done += 1
         run.log.write(records)
         bar.update(len(batch))
@@ -248,7 +164,7 @@ def _predict_frames(
     return done
 
 
-def _predict_video(run: _Run, item: Input) -> None:
+def _predict_video(run: PredictionRun, item: Input) -> None:
     """Predict every frame of the video ``item`` and (with pictures) write ``<stem>.mp4``."""
     index, path = item.index, item.path
     if not path.is_file():
@@ -273,8 +189,9 @@ def _predict_video(run: _Run, item: Input) -> None:
         listed_frames = stream.frames  # from the container's index; 0 where unknown
         out_path = run.pictures.path_for(path, ".mp4") if run.pictures is not None else None
         writer = None
+        rate = frame_rate(stream)
         try:
-            writer = VideoWriter(av, out_path, frame_rate(stream)) if out_path is not None else None
+            writer = VideoWriter(av, out_path, rate) if out_path is not None else None
         except (av.FFmpegError, OSError) as e:
             run.fail(index, path, f"could not create {out_path} ({e})")
             return
@@ -285,7 +202,8 @@ def _predict_video(run: _Run, item: Input) -> None:
                 disable=not run.show_progress,
             ) as bar:
                 done = _predict_frames(
-                    run, item, frames, writer, out_path.name if out_path is not None else None, bar
+                    run, item, frames, writer, out_path.name if out_path is not None else None,
+                    float(rate), bar,
                 )
         finally:
             if writer is not None:
@@ -294,7 +212,7 @@ def _predict_video(run: _Run, item: Input) -> None:
 
 
 def _report_video(
-    run: _Run, item: Input, done: int, listed: int, error: str | None, out_path: Path | None
+    run: PredictionRun, item: Input, done: int, listed: int, error: str | None, out_path: Path | None
 ) -> None:
     """Count a predicted video, or fail it; a video with no frame leaves no file."""
     run.report.frames += done
@@ -317,25 +235,6 @@ def _report_video(
     run.report.videos += 1
     if out_path is not None:
         run.report.outputs.append(out_path)
-
-
-def _open_run(
-    predict_fn: PredictFn, out: Path, log: RecordLog, *, class_names: ClassNames | None,
-    label_to_category_id: LabelMap | None, score_threshold: float, batch_size: int,
-    show_progress: bool, pictures: bool,
-) -> _Run:
-    report = PredictionReport(resumed=log.resumed)
-    report.failures.extend(log.previous_failures)
-    names = OutputNames([PREDICTIONS_FILE, RECORDS_FILE, FAILURES_FILE, *log.reserved])
-    return _Run(
-        predict_fn=predict_fn,
-        batch_size=batch_size,
-        show_progress=show_progress,
-        categories=Categories(label_to_category_id, class_names),
-        log=log,
-        pictures=PictureWriter(out, names, class_names, score_threshold) if pictures else None,
-        report=report,
-    )
 
 
 def _check_options(batch_size: int, shard: tuple[int, int] | None, workers: int | None) -> None:
@@ -379,6 +278,9 @@ def run_prediction(
     sync_seconds: float = 5.0,
     pictures: bool = True,
     workers: int | None = None,
+    tracking: TrackingConfig | None = None,
+    live: LiveOptions | None = None,
+    mot: str | Path | None = None,
 ) -> PredictionReport:
     """Predict every source, write annotated pictures/videos, ``predictions.jsonl`` as it
     goes and ``predictions.json`` at the end (the pipeline in the module docstring).
@@ -414,6 +316,12 @@ def run_prediction(
         workers: reader threads decoding ahead of the network (default: the CPUs, at most
             4); besides the batch being gathered, at most ``2 * batch_size`` images are
             decoded (or being decoded) and not yet taken.
+        tracking: track through each video, stream and folder of frames (records gain
+            ``track_id``, pictures show tracks and trails; lines and zones are counted).
+        live: how live sources are read (duration, timeouts, reconnection); Ctrl-C while
+            a stream is read ends the stream and the run, with the files complete.
+        mot: with ``tracking``, the MOT Challenge file (``.txt``) or folder to write at the
+            end (:func:`~efficientdet.inference.mot.write_mot`).
 
     Returns:
         A :class:`PredictionReport`. ``predictions.json`` records are
@@ -424,7 +332,8 @@ def run_prediction(
         input order, except when every one is an image named by a number (COCO's
         ``000000397133.jpg``): then it is that number, so the file goes straight into
         pycocotools against the dataset's annotations. ``predictions.jsonl`` is described in
-        :func:`read_records`.
+        :func:`read_records`. Live streams are read in their own thread (frames the detector
+        has no time for are dropped) and predicted one frame at a time.
 
     Raises:
         ValueError: ``predict_fn`` returned something malformed, a label has no category
@@ -433,33 +342,53 @@ def run_prediction(
             ``predict_fn`` itself propagate unchanged; what was written before stays.
     """
     _check_options(batch_size, shard, workers)
+    if mot is not None and tracking is None:
+        raise ValueError("mot needs tracking: the MOT format holds track ids")
     out = _output_folder(out_dir)
     show = progress and sys.stderr.isatty()
     log = RecordLog(out, resume=resume, sync_seconds=sync_seconds)
-    run = _open_run(
+    run = open_run(
         predict_fn, out, log, class_names=class_names, label_to_category_id=label_to_category_id,
         score_threshold=score_threshold, batch_size=batch_size, show_progress=show,
-        pictures=pictures,
+        pictures=pictures, tracking=tracking,
     )
     inputs = select_inputs(sources, shard=shard, resume=log.resume_point)
-    window = PREFETCH_BATCHES * batch_size
-    threads = min(workers or default_workers(), window)
-    pending: list[Decoded] = []
     try:
-        with ReadAhead(_loader(predict_fn, pictures), workers=threads, window=window) as reader:
-            for item in tqdm(reader.map(inputs), desc="predict", unit="file", disable=not show):
-                if item.is_video:
-                    _predict_images(run, pending)  # keeps records in input order
-                    _predict_video(run, item.input)
-                elif item.error is not None:
-                    run.fail(item.input.index, item.input.path, item.error)
-                else:
-                    pending.append(item)
-                    if len(pending) >= batch_size:
-                        _predict_images(run, pending)
-            _predict_images(run, pending)
+        _predict_inputs(run, inputs, workers, live or LiveOptions())
     finally:
         log.close()
     run.report.predictions_path = out / PREDICTIONS_FILE
     write_coco(out, run.report.predictions_path)
+    if mot is not None:
+        run.report.mot_paths = write_mot(out, mot)
     return run.report
+
+
+def _predict_inputs(
+    run: PredictionRun, inputs: Iterable[Input], workers: int | None, live: LiveOptions
+) -> None:
+    """The pipeline's loop: decode ahead, batch still images, predict videos and streams in
+    their place in the input order; a Ctrl-C that ends a live stream ends the loop."""
+    batch_size = run.batch_size
+    window = PREFETCH_BATCHES * batch_size
+    threads = min(workers or default_workers(), window)
+    pending: list[Decoded] = []
+    loader = _loader(run.predict_fn, run.pictures is not None)
+    with ReadAhead(loader, workers=threads, window=window) as reader:
+        items = reader.map(inputs)
+        for item in tqdm(items, desc="predict", unit="file", disable=not run.show_progress):
+            if item.is_stream or item.is_video:
+                _predict_images(run, pending)  # keeps records in input order
+                if item.is_stream:
+                    predict_stream(run, item.input, live)
+                else:
+                    _predict_video(run, item.input)
+                if run.report.interrupted:
+                    break
+            elif item.error is not None:
+                run.fail(item.input.index, item.input.path, item.error)
+            else:
+                pending.append(item)
+                if len(pending) >= batch_size:
+                    _predict_images(run, pending)
+        _predict_images(run, pending)

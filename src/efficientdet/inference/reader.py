@@ -10,8 +10,8 @@ decode while the main thread runs the network.
 :class:`ImageLoader` is what the threads run per input: decode the file into an upright RGB
 image and, for a :class:`~efficientdet.inference.predictor.LetterboxPredictor`, letterbox it
 into the network's input. A file that cannot be read becomes a :class:`Decoded` with its
-reason (the run records it as a failure and goes on); videos pass through undecoded (their
-frames are read where they are predicted).
+reason (the run records it as a failure and goes on); videos and live streams pass through
+undecoded (their frames are read where they are predicted).
 """
 
 from __future__ import annotations
@@ -143,7 +143,11 @@ class Decoded:
 
     @property
     def is_video(self) -> bool:
-        return is_video(self.input.path)
+        return self.input.stream is None and is_video(self.input.path)
+
+    @property
+    def is_stream(self) -> bool:
+        return self.input.stream is not None
 
 
 @dataclass(frozen=True)
@@ -161,7 +165,7 @@ class ImageLoader:
     keep_image: bool = True
 
     def __call__(self, item: Input) -> Decoded:
-        if is_video(item.path):
+        if item.stream is not None or is_video(item.path):
             return Decoded(item)
         try:
             image = load_image(item.path)

@@ -80,13 +80,16 @@ class Categories:
             raise ValueError(f"label {label} has no entry in label_to_category_id") from e
 
     def records(self, detection: Detection) -> list[dict[str, Any]]:
-        """``{"boxes": Tensor[K, 4] xyxy, "scores": Tensor[K], "labels": Tensor[K]}`` ->
-        ``K`` dicts ``{"box": [x1, y1, x2, y2], "score", "label", "category_id"[,
-        "category"]}``, boxes rounded to 0.01 px and scores to 1e-5."""
+        """``{"boxes": Tensor[K, 4] xyxy, "scores": Tensor[K], "labels": Tensor[K][,
+        "track_ids": Tensor[K]]}`` -> ``K`` dicts ``{"box": [x1, y1, x2, y2], "score",
+        "label", "category_id"[, "category"][, "track_id"]}``, boxes rounded to 0.01 px and
+        scores to 1e-5; ``track_id`` (with track ids) is None where no track holds the box."""
         found = []
-        for (x1, y1, x2, y2), score, label in zip(
+        track_ids = detection.get("track_ids")
+        ids = track_ids.tolist() if track_ids is not None else [None] * len(detection["boxes"])
+        for (x1, y1, x2, y2), score, label, track_id in zip(
             detection["boxes"].tolist(), detection["scores"].tolist(),
-            detection["labels"].tolist(), strict=True,
+            detection["labels"].tolist(), ids, strict=True,
         ):
             item: dict[str, Any] = {
                 "box": [round(x1, 2), round(y1, 2), round(x2, 2), round(y2, 2)],
@@ -96,6 +99,8 @@ class Categories:
             }
             if self._names is not None:
                 item["category"] = self._names[int(label)]
+            if track_ids is not None:
+                item["track_id"] = int(track_id) if track_id >= 0 else None
             found.append(item)
         return found
 
@@ -129,9 +134,11 @@ def image_record(
     detections: list[dict[str, Any]],
     digest: str,
     frame: int | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One line of ``predictions.jsonl`` (the fields are described in :func:`read_records`);
-    ``size`` is ``(width, height)``."""
+    ``size`` is ``(width, height)``; ``extra`` adds fields (``time``, ``dropped``,
+    ``counts``) before the digest."""
     record: dict[str, Any] = {
         "index": index, "file_name": file_name, "width": size[0], "height": size[1],
     }
@@ -139,6 +146,7 @@ def image_record(
         record["frame"] = frame
     record["output"] = output
     record["detections"] = detections
+    record.update(extra or {})
     record[DIGEST_KEY] = digest
     return record
 
@@ -165,14 +173,17 @@ def read_records(out_dir: str | Path) -> Iterator[dict[str, Any]]:
     """The complete records of ``out_dir/predictions.jsonl``, in the order written.
 
     A record is ``{"index", "file_name", "width", "height", "output", "detections",
-    "inputs_sha256"}`` (plus ``"frame"`` for a video frame): ``index`` is the source's
-    position in the run's input order (shards and resumed runs keep it), ``output`` the
-    annotated picture's name in ``out_dir`` (None if it could not be written or pictures were
-    off), each detection is ``{"box": [x1, y1, x2, y2]`` in the image's pixels, ``"score"``,
-    ``"label"`` (0..C-1), ``"category_id"``, ``"category"`` (the class name, when known)``}``,
+    "inputs_sha256"}`` (plus ``"frame"`` for a video or stream frame): ``index`` is the
+    source's position in the run's input order (shards and resumed runs keep it), ``output``
+    the annotated picture's name in ``out_dir`` (None if it could not be written or pictures
+    were off), each detection is ``{"box": [x1, y1, x2, y2]`` in the image's pixels,
+    ``"score"``, ``"label"`` (0..C-1), ``"category_id"``, ``"category"`` (the class name, when
+    known), ``"track_id"`` (when tracking: the object's id, None for a box no track holds)``}``,
     and ``inputs_sha256`` is the :class:`~efficientdet.inference.sources.InputDigest` of the
-    input order up to this source (what ``resume`` checks). A torn last line (a run killed
-    while writing it) is not a record and is skipped.
+    input order up to this source (what ``resume`` checks). A live stream's frames add
+    ``"time"`` (seconds from the start of reading) and ``"dropped"`` (frames dropped so far);
+    counting adds ``"counts"`` (:meth:`~efficientdet.inference.counting.Counter.update`).
+    A torn last line (a run killed while writing it) is not a record and is skipped.
     """
     path = Path(out_dir) / RECORDS_FILE
     for _, _, record in _read_lines(path):
@@ -295,7 +306,7 @@ class RecordLog:
             self._file.write(b"".join(_dump_line(r) for r in records))
             self._written(self._file)
 
-    def fail(self, index: int, path: Path, reason: str) -> None:
+    def fail(self, index: int, path: Path | str, reason: str) -> None:
         """Append the failure of input ``index``."""
         self._failures.write(_dump_line({"index": index, "path": str(path), "reason": reason}))
         self._written(self._failures)

@@ -1,7 +1,9 @@
 """The inputs of ``efficientdet predict``: walk folders and globs lazily, number the files, shard
 them, and check on resume that they are those of the first run.
 
-:func:`iter_sources` turns command-line patterns into paths in a deterministic order;
+:func:`iter_sources` turns command-line patterns into paths (and live sources, kept as the
+text given: stream URLs and camera indices, :func:`~efficientdet.inference.live.is_stream`)
+in a deterministic order;
 :func:`select_inputs` numbers them (the index every record keeps), hashes the order as it goes
 (:class:`InputDigest`), skips what a resumed run has done and keeps one shard. Nothing here
 opens an image.
@@ -16,6 +18,8 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from .live import is_stream, redact, stream_name
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -125,7 +129,7 @@ def _glob_media(text: str) -> Iterator[Path]:
 
 def iter_sources(
     patterns: Iterable[str | Path], *, exclude: str | Path | None = None
-) -> Iterator[Path]:
+) -> Iterator[Path | str]:
     """Expand command-line inputs into the files to predict, lazily, in order, without
     duplicates.
 
@@ -134,7 +138,9 @@ def iter_sources(
     * a file: kept whatever its extension (reading decides whether it is an image);
     * a folder: its image and video files, not recursing into sub-folders, sorted by name;
     * a glob (``*``, ``?``, ``[...]``; ``**`` recurses): matching image and video files,
-      each folder's entries in sorted name order; matching folders expanded as above.
+      each folder's entries in sorted name order; matching folders expanded as above;
+    * a live source (``rtsp://``, ``http://``, ... URLs, or a camera index such as ``0``
+      that is not a file here): yielded as the ``str`` given.
 
     Nothing is listed ahead: the first file comes out as soon as its folder is read, so a
     million inputs start at once (a folder's media names are held while it is read; the paths
@@ -153,7 +159,7 @@ def iter_sources(
             order a resumed run checks). It cannot be one of the input folders.
 
     Yields:
-        Paths of the files, in the order of the patterns.
+        Paths of the files and the texts of the live sources, in the order of the patterns.
 
     Raises:
         ValueError: ``exclude`` is one of the folders named in ``patterns``.
@@ -170,7 +176,7 @@ def iter_sources(
     return _walk_patterns(patterns, skip)
 
 
-def _walk_patterns(patterns: list[str | Path], skip: str | None) -> Iterator[Path]:
+def _walk_patterns(patterns: list[str | Path], skip: str | None) -> Iterator[Path | str]:
     """:func:`iter_sources`' walk; files under ``skip`` (a real path) are left out."""
     seen: set[str] = set()
 
@@ -187,7 +193,13 @@ def _walk_patterns(patterns: list[str | Path], skip: str | None) -> Iterator[Pat
         seen.add(key)
         return True
 
+    streams: set[str] = set()
     for pattern in patterns:
+        if isinstance(pattern, str) and is_stream(pattern):
+            if pattern not in streams:
+                streams.add(pattern)
+                yield pattern
+            continue
         text = os.path.expanduser(str(pattern))
         path = Path(text)
         if path.exists() and not path.is_dir():
@@ -212,7 +224,7 @@ def _walk_patterns(patterns: list[str | Path], skip: str | None) -> Iterator[Pat
                 yield path
 
 
-def collect_sources(patterns: Sequence[str | Path]) -> list[Path]:
+def collect_sources(patterns: Sequence[str | Path]) -> list[Path | str]:
     """:func:`iter_sources` as a list (for callers that want the whole set up front)."""
     return list(iter_sources(patterns))
 
@@ -245,9 +257,11 @@ class InputDigest:
     def __init__(self) -> None:
         self._hash = hashlib.sha256()
 
-    def update(self, path: Path) -> str:
-        """Add the next input and return the digest of the inputs so far."""
-        self._hash.update(path.as_posix().encode("utf-8", "surrogateescape") + b"\n")
+    def update(self, path: Path | str) -> str:
+        """Add the next input (a path, or a live source's text) and return the digest of
+        the inputs so far."""
+        text = path.as_posix() if isinstance(path, Path) else path
+        self._hash.update(text.encode("utf-8", "surrogateescape") + b"\n")
         return self._hash.hexdigest()[:DIGEST_CHARS]
 
 
@@ -257,13 +271,22 @@ class Input:
 
     Attributes:
         index: its position in the whole input order (all shards), from 0.
-        path: the source path as given.
+        path: the source path as given; for a live source, a path made of its short name
+            (:func:`~efficientdet.inference.live.stream_name`), for output names.
         digest: the :class:`InputDigest` of inputs ``0..index`` (written in its records).
+        stream: a live source's URL or camera index as given; None for a file.
     """
 
     index: int
     path: Path
     digest: str
+    stream: str | None = None
+
+    @property
+    def name(self) -> str:
+        """What records and messages call it: the path, or the live source (password
+        hidden)."""
+        return redact(self.stream) if self.stream is not None else self.path.as_posix()
 
 
 @dataclass(frozen=True)
@@ -285,17 +308,17 @@ class ResumePoint:
     file_name: str | None = None
     digest: str | None = None
 
-    def check(self, index: int, path: Path, digest: str) -> None:
-        """Raise ``ValueError`` when input ``index`` (the checked one) or the order up to it
-        differs from the first run's."""
-        if self.file_name is not None and self.file_name != path.as_posix():
+    def check(self, index: int, name: str, digest: str) -> None:
+        """Raise ``ValueError`` when input ``index`` (the checked one, named ``name`` as its
+        records name it) or the order up to it differs from the first run's."""
+        if self.file_name is not None and self.file_name != name:
             raise ValueError(
                 f"{self.run}: cannot resume: input {index} was {self.file_name} in the first "
-                f"run and is {path.as_posix()} now (the inputs changed)"
+                f"run and is {name} now (the inputs changed)"
             )
         if self.digest is not None and self.digest != digest:
             raise ValueError(
-                f"{self.run}: cannot resume: the inputs before {path.as_posix()} (input "
+                f"{self.run}: cannot resume: the inputs before {name} (input "
                 f"{index}) were added to, removed from, renamed or reordered since the first "
                 f"run (sha256 of inputs 0..{index}: {self.digest} then, {digest} now; the "
                 "inputs changed)"
@@ -319,7 +342,8 @@ def select_inputs(
     """Number ``sources`` in order, hash the order, and keep what this run predicts.
 
     Args:
-        sources: paths in the run's input order, consumed one at a time.
+        sources: paths (and live sources' texts) in the run's input order, consumed one at
+            a time.
         shard: ``(i, n)``: only the inputs whose index is ``i`` modulo ``n``.
         resume: skip inputs ``0..resume.done_index``, after checking that the inputs up to
             ``resume.index`` are those of the first run.
@@ -335,12 +359,14 @@ def select_inputs(
     digest = InputDigest()
     count = 0
     for index, source in enumerate(sources):
-        path = Path(source)
-        prefix = digest.update(path)
+        if isinstance(source, str) and is_stream(source):
+            item = Input(index, Path(stream_name(source)), digest.update(source), source)
+        else:
+            item = Input(index, Path(source), digest.update(Path(source)))
         count = index + 1
         if index == point.index:
-            point.check(index, path, prefix)
+            point.check(index, item.name, item.digest)
         if index <= point.done_index or (shard is not None and index % shard[1] != shard[0]):
             continue
-        yield Input(index, path, prefix)
+        yield item
     point.check_count(count)

@@ -14,7 +14,9 @@ from typing import Any
 
 from PIL import Image
 
-__all__ = ["DEFAULT_FRAME_RATE", "VideoFrames", "VideoWriter", "frame_rate", "import_av"]
+__all__ = [
+    "DEFAULT_FRAME_RATE", "VideoFrames", "VideoWriter", "frame_rate", "import_av", "upright_frame",
+]
 
 DEFAULT_FRAME_RATE = Fraction(25)
 
@@ -30,7 +32,7 @@ def import_av() -> Any:
     return av
 
 
-def _upright(frame: Any) -> Image.Image:
+def upright_frame(frame: Any) -> Image.Image:
     """Decoded PyAV frame -> RGB image turned as its display matrix says."""
     image = frame.to_image()
     rotation = int(getattr(frame, "rotation", 0) or 0) % 360
@@ -87,7 +89,7 @@ class VideoFrames:
             except (self._av.FFmpegError, OSError) as e:
                 self.error = str(e)
                 return
-            yield _upright(frame)
+            yield upright_frame(frame)
 
 
 class VideoWriter:
@@ -106,8 +108,14 @@ class VideoWriter:
         self._stream: Any = None
         self._index = 0
 
-    def write(self, image: Image.Image) -> None:
-        """Encode the next frame (padded to even sides; resized to the first frame's size)."""
+    def write(self, image: Image.Image, time: float | None = None) -> None:
+        """Encode the next frame (padded to even sides; resized to the first frame's size).
+
+        Args:
+            image: the frame.
+            time: when it shows, in seconds from the first frame (live streams, whose taken
+                frames are not evenly spaced); None: one frame after the last.
+        """
         image = _even_size(image)
         if self._stream is None:
             codec = "libx264" if "libx264" in self._av.codecs_available else "mpeg4"
@@ -117,6 +125,8 @@ class VideoWriter:
         elif image.size != (self._stream.width, self._stream.height):
             image = image.resize((self._stream.width, self._stream.height))
         frame = self._av.VideoFrame.from_image(image)
+        if time is not None:
+            self._index = max(self._index, round(time * self._rate))
         frame.pts = self._index
         frame.time_base = 1 / self._rate
         self._index += 1

@@ -19,6 +19,7 @@ from ..data.mix import MixAugment
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")
 AMP_MODES = ("none", "bf16", "fp16")
+LOGGERS = ("csv", "tensorboard", "mlflow")
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -173,9 +174,21 @@ class RunSection:
     log_every: int = 10
     max_nonfinite: int = 5  # consecutive non-finite losses before the run stops
     progress: bool = True
+    # Where metrics go: csv (steps.csv, epochs.csv and the curves), tensorboard (when
+    # installed), mlflow (pip install 'efficientdet[mlflow]'; see train/mlflow_logger.py).
+    loggers: tuple[str, ...] = ("csv", "tensorboard")
+    mlflow_tracking_uri: str | None = None  # None: an SQLite store in the run folder
+    mlflow_experiment: str = "efficientdet"
 
     def __post_init__(self) -> None:
         _choice("run.amp", self.amp, AMP_MODES)
+        loggers = (self.loggers,) if isinstance(self.loggers, str) else tuple(self.loggers)
+        unknown = [name for name in loggers if name not in LOGGERS]
+        if unknown:
+            raise ValueError(
+                f"run.loggers: {', '.join(map(repr, unknown))} not one of {', '.join(map(repr, LOGGERS))}"
+            )
+        object.__setattr__(self, "loggers", tuple(dict.fromkeys(loggers)))
         if self.batch_size < 1:
             raise ValueError(f"run.batch_size must be >= 1, got {self.batch_size}")
 

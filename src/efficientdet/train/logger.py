@@ -1,59 +1,107 @@
-"""Run metrics: CSV files per step and per epoch, optional TensorBoard, PNG curves at the end."""
+"""Run metrics: CSV files per step and per epoch, optional TensorBoard and MLflow, PNG curves
+at the end.
+
+``run.loggers`` picks the sinks: ``csv`` (``steps.csv`` / ``epochs.csv``, what the curves and
+the studies read), ``tensorboard`` (when installed), ``mlflow``
+(:class:`~efficientdet.train.mlflow_logger.MlflowLogger`).
+"""
 
 from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from .mlflow_logger import MlflowLogger
 
 log = logging.getLogger(__name__)
 
 STEP_FIELDS = ("step", "epoch", "loss", "class_loss", "box_loss", "lr", "images_per_s", "elapsed_s")
 EPOCH_FIELDS = ("epoch", "step", "loss", "AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large", "AR100")
+STEP_METRICS = ("loss", "class_loss", "box_loss", "lr", "images_per_s")
+EVAL_METRICS = EPOCH_FIELDS[3:]
 
 
 class MetricsLogger:
-    """Appends rows to ``steps.csv`` and ``epochs.csv`` in the run folder (rank 0 only).
+    """Sends each step's and each evaluation's metrics to the run's sinks (rank 0 only).
 
-    On resume, rows past the resumed step are dropped first, so a run that crashed after its
-    last checkpoint does not keep rows for steps it is about to redo.
+    CSV: rows appended to ``steps.csv`` and ``epochs.csv`` in the run folder; on resume, rows
+    past the resumed step are dropped first, so a run that crashed after its last checkpoint
+    does not keep rows for steps it is about to redo.
+
+    Args:
+        run_dir: the run folder.
+        resume_step: the step a resumed run continues from; None for a new run.
+        loggers: the sinks, among ``csv``, ``tensorboard``, ``mlflow``.
+        mlflow: the MLflow run, when ``mlflow`` is one of them.
     """
 
-    def __init__(self, run_dir: Path, *, resume_step: int | None = None, tensorboard: bool = True) -> None:
+    def __init__(
+        self, run_dir: Path, *, resume_step: int | None = None,
+        loggers: Sequence[str] = ("csv", "tensorboard"), mlflow: MlflowLogger | None = None,
+    ) -> None:
+        self.run_dir = run_dir
         self.steps_path = run_dir / "steps.csv"
         self.epochs_path = run_dir / "epochs.csv"
+        self.csv = "csv" in loggers
         for path, fields in ((self.steps_path, STEP_FIELDS), (self.epochs_path, EPOCH_FIELDS)):
+            if not self.csv:
+                break
             if resume_step is None or not path.exists():
                 with open(path, "w", newline="") as f:
                     csv.writer(f).writerow(fields)
             else:
                 _truncate_after(path, resume_step)
         self.writer: Any = None
-        if tensorboard:
+        if "tensorboard" in loggers:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.writer = SummaryWriter(str(run_dir / "tensorboard"))
             except ImportError:
                 log.debug("tensorboard not installed; metrics go to CSV only")
+        self.mlflow = mlflow
+        self._closed = False
 
     def log_step(self, row: dict[str, float]) -> None:
-        _append(self.steps_path, STEP_FIELDS, row)
+        if self.csv:
+            _append(self.steps_path, STEP_FIELDS, row)
+        step = int(row["step"])
         if self.writer is not None:
-            for key in ("loss", "class_loss", "box_loss", "lr", "images_per_s"):
-                self.writer.add_scalar(f"train/{key}", row[key], int(row["step"]))
+            for key in STEP_METRICS:
+                self.writer.add_scalar(f"train/{key}", row[key], step)
+        if self.mlflow is not None:
+            self.mlflow.log_metrics({f"train/{k}": row[k] for k in STEP_METRICS if k in row}, step)
 
     def log_epoch(self, row: dict[str, float]) -> None:
-        _append(self.epochs_path, EPOCH_FIELDS, row)
+        if self.csv:
+            _append(self.epochs_path, EPOCH_FIELDS, row)
+        step = int(row["step"])
         if self.writer is not None:
             for key in ("AP", "AP50", "AP75"):
                 if key in row:
-                    self.writer.add_scalar(f"val/{key}", row[key], int(row["step"]))
+                    self.writer.add_scalar(f"val/{key}", row[key], step)
+        if self.mlflow is not None:
+            self.mlflow.log_metrics({f"val/{k}": row[k] for k in EVAL_METRICS if k in row}, step)
 
-    def close(self) -> None:
+    def close(
+        self, status: str = "finished", artifacts: Sequence[tuple[Path, str]] = ()
+    ) -> None:
+        """Close the sinks, once; MLflow gets ``artifacts`` (``(file or folder, folder in the
+        run's artifacts)``, those that exist) and ends the run as ``status`` (``finished``,
+        ``interrupted``, ``failed``)."""
+        if self._closed:
+            return
+        self._closed = True
         if self.writer is not None:
             self.writer.close()
+        if self.mlflow is not None:
+            try:
+                self.mlflow.log_artifacts(artifacts)
+            finally:
+                self.mlflow.close(status)
 
 
 def _append(path: Path, fields: tuple[str, ...], row: dict[str, float]) -> None:

@@ -46,6 +46,7 @@ from .distributed import DistContext, convert_sync_batchnorm
 from .ema import ModelEMA
 from .feature_cache import FeatureCache, build_feature_cache, cache_bytes
 from .logger import MetricsLogger, plot_curves
+from .mlflow_logger import MlflowLogger
 from .parameters import backbone_stages, freeze_modules, parameter_groups, set_frozen_bn_eval
 from .rng import rng_state, seed_everything, set_rng_state
 from .schedule import learning_rate
@@ -167,11 +168,32 @@ class Trainer:
             if resume_state is not None:
                 _remove_partial_writes(self.run_dir)
             atomic_write(self.run_dir / CONFIG_FILE, lambda tmp: save_config(config, tmp))
-        self.logger = (
-            MetricsLogger(self.run_dir, resume_step=self.step if resume_state else None)
-            if self.dist.is_main
-            else None
+        self.logger = self._open_logger(config, resume_state is not None) if self.dist.is_main else None
+
+    def _open_logger(self, config: TrainConfig, resumed: bool) -> MetricsLogger:
+        """The run's metric sinks (``run.loggers``); a resumed run continues its MLflow run."""
+        resume_step = self.step if resumed else None
+        mlflow = None
+        if "mlflow" in config.run.loggers:
+            try:
+                mlflow = MlflowLogger(
+                    self.run_dir, config.to_dict(), tracking_uri=config.run.mlflow_tracking_uri,
+                    experiment=config.run.mlflow_experiment, resume_step=resume_step,
+                )
+            except ImportError as e:
+                raise TrainingError(str(e)) from None
+        return MetricsLogger(
+            self.run_dir, resume_step=resume_step, loggers=config.run.loggers, mlflow=mlflow
         )
+
+    def _artifacts(self, plots: dict[str, Path]) -> list[tuple[Path, str]]:
+        """What an experiment tracker keeps of the run: ``(path, folder)``."""
+        run = self.run_dir
+        return [
+            (run / CONFIG_FILE, ""), (run / LAST_WEIGHTS, "checkpoints"),
+            (run / BEST_WEIGHTS, "checkpoints"), (run / "eval", "eval"),
+            *((path, "plots") for path in plots.values()),
+        ]
 
     @classmethod
     def resume(
@@ -530,6 +552,10 @@ class Trainer:
         evaluate (when finished) and close the process group this trainer opened."""
         try:
             return self._fit()
+        except BaseException:
+            if self.logger is not None:
+                self.logger.close("failed")
+            raise
         finally:
             if self._owns_dist:
                 self.dist.close()
@@ -601,8 +627,7 @@ class Trainer:
         if status == "finished":
             metrics = self._final_evaluation()
         if self.logger is not None:
-            self.logger.close()
-            plot_curves(self.run_dir)
+            self.logger.close(status, self._artifacts(plot_curves(self.run_dir)))
         self.dist.barrier()
         return TrainResult(
             self.run_dir, status, self.step, self.total_steps, losses, self.nonfinite_total,
