@@ -7,6 +7,7 @@ model twice (module fixtures, fp32 at batch 2 and int8 at batch 1); Lite0 and D0
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -276,9 +277,10 @@ def test_int8_export_gives_close_detections(tiny, tiny_int8, tiny_demo) -> None:
     assert_close_int8(model, path, demo_batch(tiny_demo, model, 3))
 
 
-def prediction_weight_types(content: bytes) -> tuple[set[int], set[int]]:
-    """The tensor types of the weights of the convolutions that make the graph's outputs, and
-    of every other convolution's weights (TFLite ``TensorType`` values)."""
+def prediction_weight_types(content: bytes) -> tuple[set[int], set[int], set[int]]:
+    """The tensor types of the weights of the convolutions that make the graph's outputs, of
+    the squeeze-excitation convolutions, and of every other convolution's weights (TFLite
+    ``TensorType`` values)."""
     from ai_edge_litert import schema_py_generated as schema
 
     model = schema.Model.GetRootAs(content, 0)
@@ -294,9 +296,14 @@ def prediction_weight_types(content: bytes) -> tuple[set[int], set[int]]:
         while code[op.OpcodeIndex()] != conv:
             op = producer[op.Inputs(0)]
         heads.append(op.Inputs(1))
-    others = [op.Inputs(1) for op in ops if code[op.OpcodeIndex()] == conv and op.Inputs(1) not in heads]
+    scope = lambda op: "".join(  # noqa: E731
+        graph.Tensors(op.Outputs(j)).Name().decode() + ";" for j in range(op.OutputsLength())
+    )
+    convs = [op for op in ops if code[op.OpcodeIndex()] == conv and op.Inputs(1) not in heads]
+    gates = [op.Inputs(1) for op in convs if re.fullmatch(litert_backend.SQUEEZE_EXCITE_SCOPE, scope(op))]
+    others = [op.Inputs(1) for op in convs if op.Inputs(1) not in gates]
     weight_type = lambda index: graph.Tensors(index).Type()  # noqa: E731
-    return {weight_type(i) for i in heads}, {weight_type(i) for i in others}
+    return tuple({weight_type(i) for i in group} for group in (heads, gates, others))  # type: ignore[return-value]
 
 
 def test_head_scopes_name_each_output_path(tiny) -> None:
@@ -312,18 +319,21 @@ def test_head_scopes_name_each_output_path(tiny) -> None:
 
 def test_int8_keeps_the_prediction_convolutions_float(tiny, tiny_int8) -> None:
     """The default int8 export leaves the class and box prediction layers (and the outputs)
-    float and quantizes the rest; ``float_head=False`` quantizes them too."""
+    and the squeeze-excitation blocks float and quantizes the rest; ``float_head=False``
+    quantizes the prediction layers too."""
     from ai_edge_litert.schema_py_generated import TensorType
 
     path, calibration = tiny_int8
-    heads, others = prediction_weight_types(path.read_bytes())
+    heads, gates, others = prediction_weight_types(path.read_bytes())
     assert heads == {TensorType.FLOAT32} and others == {TensorType.INT8}
+    assert gates == {TensorType.FLOAT32}  # the backbone's squeeze-excitation blocks
     runner = LiteRTRunner(path)  # the outputs are the float convolutions', not requantized
     assert {io.dtype for io in runner._outputs} == {np.dtype(np.float32)}
     _, fp32_path = tiny
     all_int8 = litert_backend._quantize(fp32_path.read_bytes(), calibration, 2, float_head=False)
-    heads, others = prediction_weight_types(all_int8)
+    heads, gates, others = prediction_weight_types(all_int8)
     assert heads == {TensorType.INT8} and others == {TensorType.INT8}
+    assert gates == {TensorType.FLOAT32}
 
 
 # ---- Lite0 and D0 ----------------------------------------------------------------------------

@@ -285,3 +285,33 @@ def test_int8_leaves_the_prediction_layers_and_post_processing_float(tiny, tmp_p
         fed_by = {port.get_source_output().get_node().get_type_name() for port in op.inputs()}
         assert ("FakeQuantize" in fed_by) == (op.get_friendly_name() not in predictions)
     assert postprocess_nodes(quantized) == []  # a raw graph has none
+
+
+@pytest.mark.parametrize(
+    ("backbone", "act", "preset"),
+    [("test_efficientnet", "swish", "MIXED"), ("tf_efficientnet_lite0", "relu6", "PERFORMANCE")],
+)
+def test_int8_ranges_are_asymmetric_after_swish_only(
+    backbone, act, preset, tmp_path, monkeypatch
+) -> None:
+    import nncf
+
+    from efficientdet.deploy import openvino_backend
+
+    torch.manual_seed(0)
+    model = create_model("efficientdet_test", backbone=backbone, act=act)
+    converted = []
+    real_quantize = nncf.quantize
+
+    def spy(ov_model, *args, **kwargs):
+        converted.append((openvino_backend.signed_activations(ov_model), kwargs["preset"]))
+        return real_quantize(ov_model, *args, **kwargs)
+
+    monkeypatch.setattr(nncf, "quantize", spy)
+    batches = [np.random.default_rng(i).standard_normal((1, 3, 128, 128), dtype=np.float32)
+               for i in range(2)]
+    export_openvino(model, tmp_path / "m.xml", with_nms=False,
+                    calibration=Calibration(batches, "random"))
+    [(signed, used)] = converted
+    assert signed == (["Swish"] if act == "swish" else [])
+    assert used == getattr(nncf.QuantizationPreset, preset)
