@@ -23,8 +23,10 @@ from efficientdet.inference import predict_stream as predict_stream_module
 from efficientdet.inference.live import (
     LiveOptions,
     LiveReader,
+    SourceEnded,
     is_stream,
     redact,
+    scrub,
     stream_name,
 )
 from efficientdet.inference.predict import PREDICTIONS_FILE, RECORDS_FILE, run_prediction
@@ -116,6 +118,59 @@ def test_a_dropped_stream_is_reopened_after_a_growing_wait_until_it_is_given_up(
     assert reader.reconnects == len(opened) - 1 and reader.dropped == 0
     assert reader.error is not None and reader.error.startswith("open failed (connection refused)")
     assert reader.error.endswith("no frame for 0.6 s, gave up")
+
+
+def test_the_password_of_a_stream_never_shows_in_its_messages(caplog):
+    url = "rtsp://admin:s3cret@cam.local:554/live"
+
+    def refused() -> Iterator[int]:
+        raise ConnectionRefusedError(f"[Errno 111] Connection refused: '{url}'")  # as PyAV says it
+
+    options = LiveOptions(first_delay=0.05, max_delay=0.05, give_up_after=0.2)
+    with caplog.at_level("WARNING"), LiveReader(refused, _as_image, options, name=redact(url),
+                                                source=url) as reader:
+        assert list(reader) == []
+    assert reader.error is not None and "rtsp://admin:***@cam.local:554/live" in reader.error
+    assert "s3cret" not in reader.error and caplog.messages
+    assert not any("s3cret" in message for message in caplog.messages)
+    assert scrub("no password here", "rtsp://cam/live") == "no password here"
+    assert scrub(f"bad 's3cret' in {url}", url) == "bad '***' in rtsp://admin:***@cam.local:554/live"
+
+
+def test_a_source_with_a_duration_ends_instead_of_playing_again():
+    opened = []
+
+    def clip() -> Iterator[int]:  # a video file behind a URL: live_frames raises SourceEnded
+        opened.append(1)
+        yield from _paced(3, 0.02, [])
+        raise SourceEnded
+
+    with LiveReader(clip, _as_image, LiveOptions(first_delay=0.05)) as reader:
+        frames = list(reader)
+    assert len(frames) == 3 and len(opened) == 1
+    assert reader.reconnects == 0 and reader.error is None
+
+
+def test_resuming_keeps_the_records_of_a_stream_that_was_stopped(tmp_path, monkeypatch):
+    def fake_live_frames(av, source, options, on_open=None) -> Iterator[int]:
+        yield from _paced(10**6, 0.005, [])
+
+    monkeypatch.setattr(predict_stream_module, "live_frames", fake_live_frames)
+    monkeypatch.setattr(predict_stream_module, "upright_frame", _as_image)
+    still = tmp_path / "later.png"
+    FRAME.save(still)
+    sources = ["rtsp://cam/live", still]
+    first = run_prediction(_detector(interrupt_at=5), sources, tmp_path / "out", progress=False)
+    assert first.interrupted and first.frames == 4
+    video = (tmp_path / "out" / "live.mp4").read_bytes()
+    report = run_prediction(_detector(), sources, tmp_path / "out", progress=False, resume=True)
+    assert report.ok and report.frames == 0 and report.streams == 0  # the stream is not read again
+    records = [json.loads(line) for line in (tmp_path / "out" / RECORDS_FILE).open()]
+    assert [r["file_name"] for r in records[:4]] == ["rtsp://cam/live"] * 4 and len(records) == 5
+    assert records[4]["file_name"].endswith("later.png") and "frame" not in records[4]
+    frames = [r["frame"] for r in records[:4]]
+    assert frames == sorted(set(frames))
+    assert (tmp_path / "out" / "live.mp4").read_bytes() == video  # its video is left as it was
 
 
 def test_duration_ends_an_endless_source():

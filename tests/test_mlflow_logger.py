@@ -97,3 +97,37 @@ def test_unknown_loggers_are_refused():
     with pytest.raises(ValueError, match="run.loggers: 'wandb' not one of 'csv', 'tensorboard', 'mlflow'"):
         load_config(None, ["run.loggers=[csv, wandb]"])
     assert load_config(None, ["run.loggers=mlflow"]).run.loggers == ("mlflow",)
+
+
+def test_a_password_in_the_tracking_uri_stays_out_of_the_params_and_the_log(tmp_path, monkeypatch, caplog):
+    from types import SimpleNamespace
+
+    from efficientdet.train import mlflow_logger
+
+    logged: dict[str, object] = {}
+
+    class Client:  # a server-backed store, as far as the logger can tell
+        def __init__(self, uri: str) -> None:
+            logged["uri"] = uri
+
+        def get_experiment_by_name(self, name):
+            return SimpleNamespace(experiment_id="7")
+
+        def create_run(self, experiment_id, run_name=None, tags=None):
+            return SimpleNamespace(info=SimpleNamespace(run_id="r1"))
+
+        def get_run(self, run_id):
+            return SimpleNamespace(data=SimpleNamespace(params={}))
+
+        def log_batch(self, run_id, params=(), tags=()):
+            logged.update({p.key: p.value for p in params})
+
+    monkeypatch.setattr(mlflow_logger, "import_mlflow", lambda: SimpleNamespace(MlflowClient=Client))
+    uri = "postgresql://trainer:hunter2@db.internal:5432/mlflow"
+    config = {"run": {"mlflow_tracking_uri": uri, "epochs": 3}}
+    with caplog.at_level("INFO", logger=mlflow_logger.__name__):
+        mlflow_logger.MlflowLogger(tmp_path, config, tracking_uri=uri)
+    assert logged["uri"] == uri  # the client connects with the password
+    assert logged["run.mlflow_tracking_uri"] == "postgresql://trainer:***@db.internal:5432/mlflow"
+    assert logged["run.epochs"] == "3"
+    assert caplog.messages and not any("hunter2" in m for m in caplog.messages)

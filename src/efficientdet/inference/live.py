@@ -4,8 +4,10 @@ A live source does not wait for the detector. :class:`LiveReader` decodes it in 
 its own and keeps only the newest frame: when the detector is slower than the stream, the
 frames it had no time for are dropped (and counted) instead of queueing up, so what it sees
 is never more than one frame old. When the stream drops (a read error, a timeout, the end of
-the stream), the thread reopens it after a back-off (0.5 s, 1 s, 2 s, ... up to
-``max_delay``), for as long as ``give_up_after`` seconds pass without a frame. Order: frames
+a stream without a duration), the thread reopens it after a back-off (0.5 s, 1 s, 2 s, ... up to
+``max_delay``), for as long as ``give_up_after`` seconds pass without a frame. A source
+with a duration (a video file behind an ``http://`` URL) that comes to its end has ended:
+reading stops there instead of playing it again. Order: frames
 come out in the order they were decoded, each at most once. Memory: one decoded frame
 waiting, at most. Shutdown: :meth:`LiveReader.stop` (also leaving the ``with`` block, at
 ``duration``, on Ctrl-C in the consuming thread) ends the thread after its current read,
@@ -37,10 +39,12 @@ __all__ = [
     "LiveFrame",
     "LiveOptions",
     "LiveReader",
+    "SourceEnded",
     "is_stream",
     "live_frames",
     "open_live",
     "redact",
+    "scrub",
     "stream_name",
 ]
 
@@ -75,6 +79,15 @@ def redact(source: str) -> str:
     host = parts.hostname or ""
     port = f":{parts.port}" if parts.port else ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+
+
+def scrub(text: str, source: str) -> str:
+    """``text`` with the password of ``source``'s URL replaced by ``***`` wherever it shows:
+    FFmpeg's error messages name the URL they opened, password included."""
+    password = urlsplit(source).password if "://" in source else None
+    if not password:
+        return text
+    return text.replace(source, redact(source)).replace(password, "***")
 
 
 def stream_name(source: str) -> str:
@@ -162,8 +175,16 @@ def live_frames(
         if on_open is not None:
             on_open(stream)
         yield from container.decode(stream)
+        if container.duration:  # a file behind the URL (a live stream has no duration)
+            raise SourceEnded
     finally:
         container.close()
+
+
+class SourceEnded(Exception):
+    """Raised by :func:`live_frames` at the end of a source of known duration (a video file
+    served over HTTP, a finished recording): read to its end, not dropped, so
+    :class:`LiveReader` stops instead of reconnecting (which would play it again)."""
 
 
 @dataclass(frozen=True)
@@ -199,6 +220,8 @@ class LiveReader(AbstractContextManager["LiveReader"]):
         to_image: a decoded frame -> upright RGB image; run only for the frames taken.
         options: duration, timeouts and back-off.
         name: the source, for messages.
+        source: the source as opened, whose password (if its URL has one) is hidden in
+            every message (:func:`scrub`).
         clock: seconds, monotonic (tests pass a fake).
     """
 
@@ -209,9 +232,11 @@ class LiveReader(AbstractContextManager["LiveReader"]):
         options: LiveOptions | None = None,
         *,
         name: str = "stream",
+        source: str = "",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._open_frames = open_frames
+        self._source = source
         self._to_image = to_image
         self.options = options or LiveOptions()
         self.name = name
@@ -265,7 +290,8 @@ class LiveReader(AbstractContextManager["LiveReader"]):
 
     def _read_until_drop(self) -> tuple[str, bool]:
         """Open the source and publish its frames until it drops or a stop; returns the
-        reason it ended and whether any frame came."""
+        reason it ended and whether any frame came (reason ``""``: it came to its end for
+        good, :class:`SourceEnded`)."""
         got_frame = False
         try:
             frames = self._open_frames()
@@ -278,6 +304,8 @@ class LiveReader(AbstractContextManager["LiveReader"]):
                 if self._stop.is_set():
                     return "stopped", True
             return "the stream ended", got_frame
+        except SourceEnded:
+            return "", got_frame
         except Exception as e:
             return f"{'read' if got_frame else 'open'} failed ({e})", got_frame
         finally:
@@ -291,7 +319,8 @@ class LiveReader(AbstractContextManager["LiveReader"]):
         try:
             while not self._stop.is_set():
                 reason, got_frame = self._read_until_drop()
-                if self._stop.is_set():
+                reason = scrub(reason, self._source)
+                if self._stop.is_set() or not reason:
                     break
                 if got_frame:
                     failures, last_frame = 0, self._clock()

@@ -110,7 +110,7 @@ def predict_stream(run: PredictionRun, item: Input, options: LiveOptions) -> Non
     done = 0
     reader = LiveReader(
         lambda: live_frames(av, source, options, output.on_open), upright_frame, options,
-        name=item.name,
+        name=item.name, source=source,
     )
     try:
         with _sigterm_interrupts(), reader, tqdm(desc=item.path.name, unit="frame", leave=False,

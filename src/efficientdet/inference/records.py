@@ -263,8 +263,10 @@ class RecordLog:
             kept += 1
             if record.get("output") and (not outputs or outputs[-1] != record["output"]):
                 outputs.append(str(record["output"]))
-        if last is not None and "frame" in last:
-            # A video's frames are written as it goes: redo the one that was cut off.
+        if last is not None and "frame" in last and "time" not in last:
+            # A video's frames are written as it goes: redo the one that was cut off. A live
+            # stream's records (they have a "time") are kept and it counts as done: what it
+            # showed cannot be read again.
             keep_until, outputs = run_start, outputs[:-1] if last.get("output") else outputs
             self.resume_point = _resume_point(run, int(last["index"]) - 1, before_run)
             self.resumed = count_before_run

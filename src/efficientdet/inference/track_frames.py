@@ -25,7 +25,7 @@ from PIL import Image
 
 from ..detection.transform import ImageSource, load_image
 from .counting import CountLine, Zone
-from .live import LiveOptions, LiveReader, is_stream, live_frames
+from .live import LiveOptions, LiveReader, is_stream, live_frames, redact
 from .predictor import Detection, normalize_detections
 from .sources import is_video, iter_sources
 from .track_session import TrackingConfig, TrackingSession
@@ -107,11 +107,11 @@ def _live_frames(source: str, options: LiveOptions) -> tuple[Frames, Callable[[]
 
     def frames() -> Frames:
         with LiveReader(lambda: live_frames(av, source, options, on_open), upright_frame,
-                        options, name=source) as reader:
+                        options, name=redact(source), source=source) as reader:
             for frame in reader:
                 yield frame.number, frame.image, frame.time
             if reader.error is not None:
-                raise ValueError(f"{source}: {reader.error}")
+                raise ValueError(f"{redact(source)}: {reader.error}")
 
     return frames(), lambda: rate[0]
 

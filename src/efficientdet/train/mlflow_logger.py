@@ -29,6 +29,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..inference.live import redact
+
 log = logging.getLogger(__name__)
 
 RUN_FILE = "mlflow_run.json"
@@ -97,10 +99,14 @@ class MlflowLogger:
             self.run_id = str(stored["run_id"])
             self.client.update_run(self.run_id, status="RUNNING")
             self.logged_until = self._last_logged_step()
-            log.info("continuing MLflow run %s in %s", self.run_id, self.tracking_uri)
+            log.info("continuing MLflow run %s in %s", self.run_id, redact(self.tracking_uri))
         else:
             self.run_id = self._create_run(experiment)
-        self._log_params(flatten_params(config))
+        params = flatten_params(config)
+        for key, value in params.items():  # a database URI's password stays out of MLflow
+            if key.endswith("tracking_uri"):
+                params[key] = redact(value)
+        self._log_params(params)
         self._closed = False
 
     def _stored(self) -> dict[str, Any] | None:
@@ -133,7 +139,7 @@ class MlflowLogger:
         partial = self.run_dir / (RUN_FILE + ".partial")
         partial.write_text(json.dumps(record, indent=1))
         partial.replace(self.run_dir / RUN_FILE)
-        log.info("MLflow run %s in %s", run.info.run_id, self.tracking_uri)
+        log.info("MLflow run %s in %s", run.info.run_id, redact(self.tracking_uri))
         return str(run.info.run_id)
 
     def _last_logged_step(self) -> int:
