@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -149,6 +150,25 @@ def test_a_later_paste_hides_an_earlier_pasted_object() -> None:
     assert copy_paste(target, source, [1, 0]).labels.tolist() == [1, 0]  # the other order: both show
 
 
+def test_a_pasted_rectangle_labels_the_neighbour_it_carries() -> None:
+    # Source objects A [0,0,10,10], B [4,4,14,14] and C [12,12,20,20]; only B is pasted: its
+    # rectangle (4,4,14,14) holds A's corner [4,4,10,10], 36 % of A: A comes along, cut to it.
+    # It holds C's [12,12,14,14], 4 of 64 px (6 %): C stays behind, unlabelled.
+    target = _output(torch.zeros(3, 20, 20), [[15, 0, 20, 5]], [9])
+    source = _output(torch.ones(3, 20, 20), [[0, 0, 10, 10], [4, 4, 14, 14], [12, 12, 20, 20]], [1, 2, 3])
+    out = copy_paste(target, source, [1], min_visible=0.25)
+    assert out.boxes.tolist() == [[15, 0, 20, 5], [4, 4, 14, 14], [4, 4, 10, 10]]
+    assert out.labels.tolist() == [9, 2, 1] and out.indices.tolist() == [0, PASTED, PASTED]
+    # A chosen object is not carried as well: A pasted after B, once, whole; B shows an L
+    # around A's rectangle (64 of 100 px), whose tight box is B's own.
+    out = copy_paste(target, source, [1, 0], min_visible=0.25)
+    assert out.boxes.tolist() == [[15, 0, 20, 5], [4, 4, 14, 14], [0, 0, 10, 10]]
+    assert out.labels.tolist() == [9, 2, 1]
+    # Under the 25 % rule a smaller share is left behind: A [0,0,10,10] and B' [8,8,18,18].
+    source = _output(torch.ones(3, 20, 20), [[0, 0, 10, 10], [8, 8, 18, 18]], [1, 2])
+    assert copy_paste(target, source, [1]).labels.tolist() == [9, 2]
+
+
 def test_mix_augment_validates_its_settings() -> None:
     assert not MixAugment().active and MixAugment(mixup_prob=0.1).active
     with pytest.raises(ValueError, match=r"mosaic_prob must be in \[0, 1\], got 1.5"):
@@ -225,3 +245,49 @@ def test_mosaic_items_box_the_pixels_of_their_images(tmp_path, make_image) -> No
 def test_mixing_needs_the_training_transform(demo_train) -> None:
     with pytest.raises(ValueError, match="TrainTransform"):
         DetectionDataset(demo_train, EvalTransform(128), mix=ALL_ON)
+
+
+def _one_box_images(count: int = 5) -> list[LabelledImage]:
+    """``count`` 64 x 64 images, image ``j`` of colour ``COLOURS[j]`` with one box labelled ``j``."""
+    return [_solid(64, 64, COLOURS[j], [[8, 8, 56, 56]], [j]) for j in range(count)]
+
+
+def _draw(mix: MixAugment, index: int, seed: int, images: list[LabelledImage]) -> TransformOutput:
+    transform = TrainTransform(64, hflip_prob=0.0, scale_range=(1.0, 1.0), **PLAIN)
+    return mix(
+        images[index], index, read=images.__getitem__, count=len(images), transform=transform,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+@pytest.mark.parametrize("kind", ["mixup_prob", "copy_paste_prob"])
+def test_mixup_and_copy_paste_bring_another_images_boxes_as_often_as_asked(kind: str) -> None:
+    images = _one_box_images()
+    always = MixAugment(**{kind: 1.0})
+    for seed in range(20):
+        out = _draw(always, 2, seed, images)
+        pasted = out.indices == PASTED
+        assert bool(pasted.any())
+        assert all(label != 2 for label in out.labels[pasted].tolist())  # never the item itself
+    never = MixAugment()
+    assert all(not bool((_draw(never, 2, s, images).indices == PASTED).any()) for s in range(20))
+    # At 0.3 the share of items with another image's boxes is 0.3 (binomial sd 0.026 at 300).
+    sometimes = MixAugment(**{kind: 0.3})
+    share = sum(bool((_draw(sometimes, 1, s, images).indices == PASTED).any()) for s in range(300)) / 300
+    assert 0.22 < share < 0.38
+
+
+def test_mosaic_items_hold_other_images_boxes() -> None:
+    images = _one_box_images()
+    labels = [set(_draw(MixAugment(mosaic_prob=1.0), 0, s, images).labels.tolist()) for s in range(20)]
+    assert sum(len(found - {0}) > 0 for found in labels) >= 15
+    assert all(set(_draw(MixAugment(), 0, s, images).labels.tolist()) == {0} for s in range(5))
+
+
+def test_the_other_image_is_never_the_item_itself() -> None:
+    from efficientdet.data.mix import _other
+
+    rng = np.random.default_rng(0)
+    drawn = [_other(3, 5, rng) for _ in range(500)]
+    assert 3 not in drawn and set(drawn) == {0, 1, 2, 4}
+    assert _other(0, 1, rng) == 0  # alone: itself

@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from .mosaic import MIN_SIDE, MIN_VISIBLE, LabelledImage, mosaic
+from .mosaic import MIN_SIDE, MIN_VISIBLE, LabelledImage, clip_boxes, mosaic
 from .transforms import TrainTransform, TransformOutput
 
 PASTED = -1  # TransformOutput.indices of a box that came from another image
@@ -76,6 +76,8 @@ def visible_part(
         ``(area that shows, tight xyxy box of it)``; ``(0.0, None)`` when nothing shows.
     """
     x0, y0, x1, y1 = (float(v) for v in box)
+    # Only the covers that overlap the box cut it (the grid grows with the square of them).
+    covers = [c for c in covers if c[0] < x1 and c[2] > x0 and c[1] < y1 and c[3] > y0]
     xs = sorted({x0, x1, *(min(max(float(c[i]), x0), x1) for c in covers for i in (0, 2))})
     ys = sorted({y0, y1, *(min(max(float(c[i]), y0), y1) for c in covers for i in (1, 3))})
     area, tight = 0.0, [math.inf, math.inf, -math.inf, -math.inf]
@@ -102,10 +104,14 @@ def copy_paste(
     """Paste the objects ``chosen`` (indices into ``source.boxes``) onto ``target``.
 
     Each is the rectangle of whole pixels around its box (:func:`paste_rect`), copied to the
-    same place, in the order given; its box is added after ``target``'s. Every box is then
-    cut to the tight box of its part that the rectangles pasted over it (after it, for a
-    pasted one) leave showing, and dropped when that part is less than ``min_visible`` of
-    its area or narrower or shorter than ``min_side``.
+    same place, in the order given; its box is added after ``target``'s. A rectangle also
+    carries what it holds of the source's other objects: each of those is added too, cut to
+    the rectangle that holds most of it, as if pasted with that rectangle, when the cut keeps
+    ``min_visible`` of its area and ``min_side`` (as :func:`~.mosaic.clip_boxes` decides for
+    a mosaic's tiles). Every box is then cut to the tight box of its part that the
+    rectangles pasted over it (after it, for a pasted one) leave showing, and dropped when
+    that part is less than ``min_visible`` of its area or narrower or shorter than
+    ``min_side``.
     """
     if target.image.shape != source.image.shape:
         raise ValueError(
@@ -118,14 +124,18 @@ def copy_paste(
         x0, y0, x1, y1 = rect = paste_rect(source.boxes[i].tolist(), size)
         image[:, y0:y1, x0:x1] = source.image[:, y0:y1, x0:x1]
         rects.append(rect)
-    picked = torch.as_tensor(list(chosen), dtype=torch.int64)
-    boxes = torch.cat([target.boxes, source.boxes[picked].reshape(-1, 4)])
+    # (source index, box, the first of the rectangles pasted over it)
+    pasted = [(int(i), source.boxes[i], k + 1) for k, i in enumerate(chosen)]
+    pasted += _carried(source.boxes, chosen, rects, min_side=min_side, min_visible=min_visible)
+    picked = torch.as_tensor([i for i, _, _ in pasted], dtype=torch.int64)
+    pasted_boxes = [b.reshape(1, 4) for _, b, _ in pasted]
+    boxes = torch.cat([target.boxes.reshape(-1, 4), *pasted_boxes])
     labels = torch.cat([target.labels, source.labels[picked]])
-    indices = torch.cat([target.indices, torch.full((len(rects),), PASTED, dtype=torch.int64)])
+    indices = torch.cat([target.indices, torch.full((len(pasted),), PASTED, dtype=torch.int64)])
     first_pasted = len(target.boxes)
     kept, cut = [], []
     for k, box in enumerate(boxes.tolist()):
-        over = rects if k < first_pasted else rects[k - first_pasted + 1 :]
+        over = rects if k < first_pasted else rects[pasted[k - first_pasted][2] :]
         area = (box[2] - box[0]) * (box[3] - box[1])
         shows, tight = visible_part(box, over)
         if tight is None or shows < min_visible * area or min(tight[2] - tight[0], tight[3] - tight[1]) < min_side:
@@ -140,6 +150,27 @@ def copy_paste(
         labels=labels[keep],
         indices=indices[keep],
     )
+
+
+def _carried(
+    boxes: torch.Tensor, chosen: Sequence[int], rects: Sequence[tuple[int, int, int, int]], *,
+    min_side: float, min_visible: float,
+) -> list[tuple[int, torch.Tensor, int]]:
+    """The source's objects outside ``chosen`` that the pasted ``rects`` carry: ``(index,
+    box cut to the rectangle holding most of it, the index of the rectangles pasted after
+    that one)`` for each whose cut keeps ``min_visible`` of its area and ``min_side``."""
+    carried = []
+    taken = {int(i) for i in chosen}
+    for j in (j for j in range(len(boxes)) if j not in taken):
+        best: tuple[float, torch.Tensor, int] | None = None
+        for k, rect in enumerate(rects):
+            cut, keep = clip_boxes(boxes[j : j + 1], rect, min_side=min_side, min_visible=min_visible)
+            area = float((cut[0, 2] - cut[0, 0]) * (cut[0, 3] - cut[0, 1]))
+            if bool(keep[0]) and (best is None or area > best[0]):
+                best = (area, cut[0], k + 1)
+        if best is not None:
+            carried.append((j, best[1], best[2]))
+    return carried
 
 
 @dataclass(frozen=True)

@@ -349,6 +349,12 @@ class Trainer:
                 "data.cache_features needs the whole backbone frozen: set model.freeze_backbone=-1"
             )
         views = cfg.data.cache_views
+        if views == 1 and cfg.data.mix_augment().active and self.dist.is_main:
+            log.warning(
+                "data.mosaic_prob / mixup_prob / copy_paste_prob change nothing here: the feature "
+                "cache holds each image's plain view alone (data.cache_views=1); set "
+                "data.cache_views >= 2 for augmented views, or train without data.cache_features"
+            )
         info = self.model.feature_info
         size = self.model.config.image_size
         # Each process caches its own shard of the images and trains on it alone.
