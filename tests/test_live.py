@@ -151,7 +151,9 @@ def test_a_source_with_a_duration_ends_instead_of_playing_again():
     assert reader.reconnects == 0 and reader.error is None
 
 
-def test_resuming_keeps_the_records_of_a_stream_that_was_stopped(tmp_path, monkeypatch):
+def _endless_stream_and_a_still(tmp_path: Path, monkeypatch) -> Path:
+    """Every stream an endless 200 fps source of grey frames; a still image to come after it."""
+
     def fake_live_frames(av, source, options, on_open=None) -> Iterator[int]:
         yield from _paced(10**6, 0.005, [])
 
@@ -159,6 +161,11 @@ def test_resuming_keeps_the_records_of_a_stream_that_was_stopped(tmp_path, monke
     monkeypatch.setattr(predict_stream_module, "upright_frame", _as_image)
     still = tmp_path / "later.png"
     FRAME.save(still)
+    return still
+
+
+def test_resuming_keeps_the_records_of_a_stream_that_was_stopped(tmp_path, monkeypatch):
+    still = _endless_stream_and_a_still(tmp_path, monkeypatch)
     sources = ["rtsp://cam/live", still]
     first = run_prediction(_detector(interrupt_at=5), sources, tmp_path / "out", progress=False)
     assert first.interrupted and first.frames == 4
@@ -199,13 +206,7 @@ def _detector(delay: float = 0.0, interrupt_at: int | None = None, terminate_at:
 
 @pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
 def test_ctrl_c_or_sigterm_ends_the_stream_and_the_run_with_complete_files(tmp_path, monkeypatch, stop):
-    def fake_live_frames(av, source, options, on_open=None) -> Iterator[int]:
-        yield from _paced(10**6, 0.005, [])
-
-    monkeypatch.setattr(predict_stream_module, "live_frames", fake_live_frames)
-    monkeypatch.setattr(predict_stream_module, "upright_frame", _as_image)
-    still = tmp_path / "later.png"
-    FRAME.save(still)
+    still = _endless_stream_and_a_still(tmp_path, monkeypatch)
     detect = _detector(interrupt_at=5) if stop == "ctrl-c" else _detector(terminate_at=5)
     before = signal.getsignal(signal.SIGTERM)
     report = run_prediction(detect, ["rtsp://cam/live", still], tmp_path / "out", progress=False)
