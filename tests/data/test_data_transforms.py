@@ -134,3 +134,50 @@ def test_invalid_arguments_raise() -> None:
         EvalTransform(32)(
             torch.zeros(1, 8, 8, dtype=torch.uint8), torch.zeros(0, 4), torch.zeros(0)
         )
+
+
+def test_colour_jitter_changes_pixels_not_boxes_and_off_draws_nothing() -> None:
+    rng = torch.Generator().manual_seed(3)
+    image = torch.zeros(3, 60, 80, dtype=torch.uint8)
+    image[0], image[1], image[2] = 200, 80, 40  # orange; resized by 96 / 80 to 72 x 96, padded below
+    boxes, labels = torch.tensor([[10.0, 10.0, 40.0, 30.0]]), torch.tensor([1])
+    plain = TrainTransform(96, hsv=(0.0, 0.0, 0.0), scale_range=(1.0, 1.0), **PLAIN)
+    jitter = TrainTransform(96, hsv=(0.1, 0.7, 0.4), scale_range=(1.0, 1.0), **PLAIN)
+    a = plain(image, boxes, labels, torch.Generator().manual_seed(5))
+    b = jitter(image, boxes, labels, torch.Generator().manual_seed(5))
+    # the same geometry (the colour draws come after it): same boxes, flip and padding
+    assert torch.equal(a.boxes, b.boxes) and a.flipped == b.flipped
+    assert torch.equal(a.image[:, 72:, :], torch.zeros(3, 24, 96)) and torch.equal(b.image[:, 72:, :], a.image[:, 72:, :])
+    assert not torch.allclose(a.image[:, :72, :], b.image[:, :72, :], atol=0.02)
+    # off, nothing more is drawn from the generator than the four geometry draws
+    before = rng.get_state()
+    plain(image, boxes, labels, rng)
+    after = rng.get_state()
+    rng.set_state(before)
+    torch.rand(4, generator=rng)
+    assert torch.equal(after, rng.get_state())
+
+
+def test_brightness_jitter_scales_a_gray_image_within_its_range() -> None:
+    image = torch.full((3, 64, 64), 100, dtype=torch.uint8)
+    transform = TrainTransform(64, hsv=(0.0, 0.0, 0.4), scale_range=(1.0, 1.0), hflip_prob=0.0, **PLAIN)
+    levels = set()
+    for seed in range(40):
+        out = transform(image, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), torch.Generator().manual_seed(seed))
+        value = float(out.image.mean()) * 255
+        assert 100 * 0.6 - 1 <= value <= 100 * 1.4 + 1
+        assert float(out.image.std()) < 1e-6  # uniform stays uniform: gray has no hue or saturation
+        levels.add(round(value))
+    assert min(levels) < 75 and max(levels) > 125  # the whole range is used
+
+
+def test_colour_jitter_ranges_are_checked() -> None:
+    from efficientdet.train.config import DataSection
+
+    with pytest.raises(ValueError, match="hsv"):
+        TrainTransform(64, hsv=(0.6, 0.0, 0.0))
+    with pytest.raises(ValueError, match="hsv"):
+        TrainTransform(64, hsv=(0.0, 1.5, 0.0))
+    with pytest.raises(ValueError, match="data.hsv_h"):
+        DataSection(hsv_v=-0.1)
+    assert DataSection(hsv_h=0.015, hsv_s=0.7, hsv_v=0.4).hsv == (0.015, 0.7, 0.4)

@@ -15,6 +15,10 @@ torchvision ``tv_tensors`` so pixels and boxes move together:
 4. normalise with ``mean``/``std`` (on 0..1 pixel values). The padding is 0 after
    normalisation, i.e. the mean colour.
 
+Training can also jitter the colours of the cropped pixels before step 4 (``hsv``, off by
+default as in the official recipe; the ultralytics-style hue, saturation and value jitter):
+a hue shift, a saturation factor and a brightness factor, each drawn uniformly per image.
+
 Boxes are clipped to the visible image and dropped when narrower or shorter than
 ``min_size`` pixels afterwards (this drops boxes wholly outside the crop). Evaluation's boxes
 map back to original pixels with
@@ -118,8 +122,10 @@ class _ResizeCropPad:
         scale: float,
         offset: tuple[int, int],
         flip: bool,
+        colour: tuple[float, float, float] | None = None,
     ) -> TransformOutput:
-        """Run the four steps with fixed parameters; ``offset`` is ``(x, y)``."""
+        """Run the four steps with fixed parameters; ``offset`` is ``(x, y)``; ``colour``:
+        ``(hue shift in turns, saturation factor, brightness factor)`` applied after the crop."""
         pixels = F.pil_to_tensor(image) if isinstance(image, Image.Image) else image
         if pixels.ndim != 3 or pixels.shape[0] != 3:
             raise ValueError(f"expected an RGB image [3, h, w], got shape {tuple(pixels.shape)}")
@@ -139,6 +145,9 @@ class _ResizeCropPad:
         # Crop first (only the output is normalised); the crop pads right/bottom.
         img = F.crop(img, top, left, out_h, out_w)
         bb = F.crop(bb, top, left, out_h, out_w)
+        if colour is not None:
+            hue, saturation, value = colour
+            img = F.adjust_brightness(F.adjust_saturation(F.adjust_hue(img, hue), saturation), value)
         img = F.normalize(F.to_dtype(img, torch.float32, scale=True), self.mean, self.std)
         visible_w, visible_h = min(out_w, new_w - left), min(out_h, new_h - top)
         img[:, visible_h:, :] = 0.0  # padding = the mean colour
@@ -218,6 +227,9 @@ class TrainTransform(_ResizeCropPad):
         scale_range: ``(low, high)`` of the jitter factor ``s``; ``(1.0, 1.0)`` switches
             jitter off, which with no flip gives exactly the evaluation letterbox.
         min_size: boxes narrower or shorter than this after cropping are dropped.
+        hsv: ``(h, s, v)`` colour jitter: a hue shift uniform in ``[-h, h]`` turns of the
+            colour wheel, saturation and brightness factors uniform in ``[1 - s, 1 + s]`` and
+            ``[1 - v, 1 + v]``; ``(0, 0, 0)`` (the default) switches it off and draws nothing.
     """
 
     def __init__(
@@ -229,10 +241,15 @@ class TrainTransform(_ResizeCropPad):
         hflip_prob: float = 0.5,
         scale_range: tuple[float, float] = (0.1, 2.0),
         min_size: float = 1.0,
+        hsv: tuple[float, float, float] = (0.0, 0.0, 0.0),
     ) -> None:
         super().__init__(input_size, mean=mean, std=std, min_size=min_size)
         if not 0.0 <= hflip_prob <= 1.0:
             raise ValueError(f"hflip_prob must be in [0, 1], got {hflip_prob}")
+        h, s, v = (float(x) for x in hsv)
+        if not (0.0 <= h <= 0.5 and 0.0 <= s <= 1.0 and 0.0 <= v <= 1.0):
+            raise ValueError(f"hsv must be (h, s, v) with h in [0, 0.5], s and v in [0, 1], got {hsv}")
+        self.hsv = (h, s, v)
         low, high = scale_range
         if not 0.0 < low <= high:
             raise ValueError(f"scale_range must satisfy 0 < low <= high, got {scale_range}")
@@ -261,7 +278,12 @@ class TrainTransform(_ResizeCropPad):
         new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
         left = int(draws[2] * max(0, new_w - out_w))
         top = int(draws[3] * max(0, new_h - out_h))
-        return self.apply(image, boxes, labels, scale=scale, offset=(left, top), flip=flip)
+        colour = None
+        if any(self.hsv):  # drawn after the geometry's, so its draws stay as they were
+            u = (2 * torch.rand(3, generator=generator) - 1).tolist()
+            hue, sat, val = self.hsv
+            colour = (hue * u[0], 1.0 + sat * u[1], 1.0 + val * u[2])
+        return self.apply(image, boxes, labels, scale=scale, offset=(left, top), flip=flip, colour=colour)
 
 
 def build_transform(
@@ -274,6 +296,7 @@ def build_transform(
     hflip_prob: float = 0.5,
     scale_range: tuple[float, float] = (0.1, 2.0),
     min_size: float = 1.0,
+    hsv: tuple[float, float, float] = (0.0, 0.0, 0.0),
 ) -> EvalTransform | TrainTransform:
     """The training transform when ``train and augment``, else the evaluation letterbox."""
     if train and augment:
@@ -284,5 +307,6 @@ def build_transform(
             hflip_prob=hflip_prob,
             scale_range=scale_range,
             min_size=min_size,
+            hsv=hsv,
         )
     return EvalTransform(input_size, mean=mean, std=std, min_size=min_size)
