@@ -180,6 +180,38 @@ def test_tiny_boxes_get_a_larger_input(tmp_path: Path) -> None:
     assert recipe.value("model.anchor_scale") < own  # fitted: smaller anchors for tiny boxes
 
 
+def _dots(root: Path, sides: tuple[int, int], image: tuple[int, int] = (640, 480), count: int = 8) -> Path:
+    """``count`` gray images, each with 12 square boxes of ``sides`` px (COCO)."""
+    rng = np.random.default_rng(1)
+    (root / "img").mkdir(parents=True)
+    images, annotations = [], []
+    for i in range(count):
+        Image.new("RGB", image, (90, 90, 90)).save(root / "img" / f"{i}.png")
+        images.append({"id": i + 1, "file_name": f"{i}.png", "width": image[0], "height": image[1]})
+        for _ in range(12):
+            s = int(rng.integers(sides[0], sides[1] + 1))
+            x, y = int(rng.integers(0, image[0] - s)), int(rng.integers(0, image[1] - s))
+            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": 1,
+                                "bbox": [x, y, s, s], "area": s * s, "iscrowd": 0})
+    doc = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "dot"}]}
+    (root / "ann.json").write_text(json.dumps(doc))
+    (root / "data.yaml").write_text("format: coco\npath: .\ntrain: {annotations: ann.json, images: img}\n")
+    return root / "data.yaml"
+
+
+def test_boxes_too_small_for_the_anchors_at_448_get_640_from_ten_minutes(tmp_path: Path) -> None:
+    """Inputs over twice Lite0's pixels (512, 640) wait for 20 minutes, unless the anchors at
+    448 px match under three quarters of the boxes: then from 10 (the ``small`` family:
+    AP50 0.458 at 448, 0.542 at 640 in 10 minutes)."""
+    tiny = _dots(tmp_path / "tiny", (8, 12))  # 6-8 px at 448
+    nine = plan_budget_recipe(tiny, 9.0, speed=SPEED)
+    ten = plan_budget_recipe(tiny, 10.0, speed=SPEED)
+    assert (nine.value("model.image_size"), ten.value("model.image_size")) == (448, 640)
+    # boxes the anchors match at 448 keep it at 10 minutes
+    fair = plan_budget_recipe(_dots(tmp_path / "fair", (18, 26)), 10.0, speed=SPEED)
+    assert fair.value("model.image_size") == 448
+
+
 def test_minutes_needs_data_and_a_positive_budget(tiny_demo, capsys) -> None:
     assert main(["train", "--minutes", "5"]) == 2
     assert "--data" in capsys.readouterr().err

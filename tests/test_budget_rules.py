@@ -68,39 +68,74 @@ def test_mosaic_reads_make_augmented_views_dearer(tiny_demo) -> None:
     assert mosaic.value("data.mosaic_prob") == 1.0 and mosaic.value("run.epochs") == 66
 
 
-def test_the_plan_unfreezes_the_last_stage_when_epochs_are_to_spare(tiny_demo, monkeypatch) -> None:
+def test_the_plan_trains_the_last_stage_on_cached_maps_when_epochs_are_to_spare(tiny_demo, monkeypatch) -> None:
     # 30 minutes: the frozen plan fits 1944 epochs (test_budget_recipe's "long" case). With the
-    # last stage training, a step takes 1.2 * 8 / 16 = 0.6 s on the fly (no reading cost in
-    # SPEED): (1800 - 19.344) / 0.6 = 2967 steps, 989 epochs.
+    # last stage training on the cached maps of the others, a step takes 1.2 * 8 / 16 = 0.6 s:
+    # 32 views of 24 * 0.04 = 0.96 s, then (1800 - 30.72 - 19.344) / 0.6 = 2916 steps, 972 epochs.
     monkeypatch.setattr(rules, "UNFREEZE_EPOCHS", 500.0)
+    monkeypatch.setattr(rules, "UNFREEZE_STAGES", 1)
     speed = replace(SPEED, unfrozen_step=1.2)
     config, recipe = budget_config(tiny_demo.data_yaml, 30.0, speed=speed)
     assert recipe.value("model.freeze_backbone") == LITE0_STAGES - 1
-    assert recipe.value("data.cache_features") is False and recipe.value("data.augment") is True
+    assert recipe.value("data.cache_features") is True and recipe.value("data.cache_views") == 32
     assert recipe.value("optim.backbone_lr_factor") == rules.BACKBONE_LR_FACTOR
-    assert recipe.value("run.epochs") == 2 * 989
-    with pytest.raises(KeyError):
-        recipe.value("data.cache_views")
-    assert config.model.freeze_backbone == 7 and not config.data.cache_features
+    assert recipe.value("run.epochs") == 2 * 972
+    assert "about 972 epochs of 0.60 s steps fit" in recipe.describe()
+    assert config.model.freeze_backbone == 7 and config.data.cache_features
     assert config.optim.backbone_lr_factor == 0.1
     # Steps so slow that fewer than MIN_UNFROZEN_EPOCHS fit: the backbone stays frozen.
     slow = plan_budget_recipe(tiny_demo.data_yaml, 30.0, speed=replace(SPEED, unfrozen_step=500.0))
     assert slow.value("model.freeze_backbone") == -1 and slow.value("data.cache_features") is True
 
 
-def test_the_users_trainable_stages_turn_the_cache_off(tiny_demo) -> None:
-    # Five stages frozen, three train: 2.4 * 8 / 16 = 1.2 s a step; (180 - 19.344) / 1.2 =
-    # 133 steps = 44.3 epochs.
+def test_the_users_trainable_stages_train_on_cached_maps(tiny_demo) -> None:
+    # Five stages frozen, three train: 2.4 * 8 / 16 = 1.2 s a step. Views while 0.96 v <= 36 s
+    # and (180 - 0.96 v - 19.344) / 1.2 * 8 / 24 >= v: all 32; then (180 - 30.72 - 19.344) /
+    # 1.2 = 108 steps, 36 epochs.
     speed = replace(SPEED, unfrozen_step=2.4)
     config, recipe = budget_config(
         tiny_demo.data_yaml, 3.0, speed=speed, overrides=["model.freeze_backbone=5", "optim.backbone_lr_factor=0.3"],
     )
-    assert recipe.value("data.cache_features") is False and recipe.value("run.epochs") == 89
-    assert "the last 3 backbone stage(s) train" in recipe.describe()
+    assert recipe.value("data.cache_features") is True and recipe.value("data.cache_views") == 32
+    assert recipe.value("run.epochs") == 72
     assert config.model.freeze_backbone == 5 and config.optim.backbone_lr_factor == 0.3
+
+
+def test_the_users_trainable_stages_without_the_cache_train_on_the_fly(tiny_demo) -> None:
+    # The same three stages with data.cache_features=false: (180 - 19.344) / 1.2 = 133 steps
+    # = 44.3 epochs, every image read and augmented each time.
+    speed = replace(SPEED, unfrozen_step=2.4)
+    config, recipe = budget_config(
+        tiny_demo.data_yaml, 3.0, speed=speed,
+        overrides=["model.freeze_backbone=5", "data.cache_features=false"],
+    )
+    assert recipe.value("data.cache_features") is False and recipe.value("run.epochs") == 89
+    assert recipe.value("data.augment") is True
+    assert "augmented on the fly" in recipe.describe()
+    with pytest.raises(KeyError):
+        recipe.value("data.cache_views")
+    assert config.model.freeze_backbone == 5 and not config.data.cache_features
 
 
 def test_the_users_mosaic_turns_augmentation_on_even_with_one_view(tiny_demo) -> None:
     short = plan_budget_recipe(tiny_demo.data_yaml, 0.05, speed=SPEED, user={"data": {"mosaic_prob": 0.5}})
     assert short.value("data.cache_views") == 1 and short.value("data.augment") is True
     assert any("data.mosaic_prob change nothing with one cached view" in n for n in short.notes)
+
+
+def test_colour_jitter_is_proposed_with_the_other_augmentation(tiny_demo, monkeypatch) -> None:
+    monkeypatch.setattr(rules, "HSV_ON", False)
+    off = plan_budget_recipe(tiny_demo.data_yaml, 1.0, speed=SPEED)
+    assert [off.value(k) for k in rules.HSV_KEYS] == [0.0, 0.0, 0.0]
+    assert "no colour jitter (data.hsv_h=0.015" in off.describe()
+    monkeypatch.setattr(rules, "HSV_ON", True)
+    on = plan_budget_recipe(tiny_demo.data_yaml, 1.0, speed=SPEED)
+    assert [on.value(k) for k in rules.HSV_KEYS] == list(rules.HSV)
+    assert "colour jitter: hue within 1.5% of the wheel" in on.describe()
+    # the user's values are kept; with one cached view there is no augmentation to jitter
+    mine = plan_budget_recipe(tiny_demo.data_yaml, 1.0, speed=SPEED, user={"data": {"hsv_v": 0.1}})
+    assert mine.value("data.hsv_v") == 0.1 and mine.value("data.hsv_h") == rules.HSV[0]
+    short = plan_budget_recipe(tiny_demo.data_yaml, 0.05, speed=SPEED)
+    assert short.value("data.augment") is False
+    with pytest.raises(KeyError):
+        short.value("data.hsv_h")

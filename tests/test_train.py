@@ -252,7 +252,7 @@ def test_cached_run_resumes_on_the_same_trajectory(tiny_demo, tmp_path: Path) ->
 
 def test_cache_refuses_a_trainable_backbone_or_an_oversized_cache(tiny_demo, tmp_path: Path) -> None:
     with pytest.raises(TrainingError, match="model.freeze_backbone=-1"):
-        Trainer(_frozen_config(tiny_demo, tmp_path / "a", "data.cache_features=true", "model.freeze_backbone=2"))
+        Trainer(_frozen_config(tiny_demo, tmp_path / "a", "data.cache_features=true", "model.freeze_backbone=0"))
     with pytest.raises(TrainingError, match=r"GiB .*data.cache_max_gb"):
         Trainer(_frozen_config(tiny_demo, tmp_path / "b", "data.cache_features=true", "data.cache_max_gb=0.00001"))
     with pytest.raises(ValueError, match="data.augment=true"):

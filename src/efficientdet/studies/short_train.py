@@ -30,7 +30,7 @@ TRAINER_MODEL_OVERRIDES = ("image_size", "neck", "fusion", "fpn_channels", "fpn_
 # Recipe keys that a fixed-step run drops rather than overrides.
 SCHEDULE_KEYS = frozenset({"run.epochs", "run.time_budget_minutes"})
 # Recipe keys that only make sense on top of pretrained backbone weights: freezing, and the
-# feature cache (which needs the whole backbone frozen).
+# feature cache (which needs the backbone's first stages frozen).
 PRETRAINED_ONLY_KEYS = frozenset({"model.freeze_backbone", "model.freeze_bn", "data.cache_features"})
 
 

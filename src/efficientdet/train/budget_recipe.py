@@ -18,8 +18,8 @@ of the rest), then picks the options that fit the budget:
 - left-right flips only when the class-average crops look the same mirrored;
 - mosaic, mixup and copy-paste (``data.mosaic_prob``, ...) as :mod:`.budget_rules` proposes;
 - the backbone frozen, or its last stages trained at a lower rate (``model.freeze_backbone``,
-  ``optim.backbone_lr_factor``) when :mod:`.budget_rules` finds the frozen plan has epochs
-  to spare (then the images are augmented on the fly: nothing to cache);
+  ``optim.backbone_lr_factor``) as :mod:`.budget_rules` proposes: the frozen stages' maps
+  are still cached, and each step runs the trainable stages on them;
 - the learning-rate warm-up and the EMA horizon from the steps that fit.
 
 Every choice is an ordinary ``section.key=value`` option; a key the user set (``--config`` or
@@ -41,7 +41,7 @@ from ..config import ModelConfig
 from ..data import DetectionData, MixAugment, load_dataset
 from ..detection.anchor_fit import fit_anchors, matched_share
 from ..devices import resolve_device
-from ..modeling.backbone import create_backbone
+from ..modeling.backbone import create_backbone, tapped_blocks
 from ..modeling.pretrained import PRETRAINED
 from ..modeling.scaling import config_for_training
 from . import budget_rules as rules
@@ -55,7 +55,7 @@ from .config import (
     read_config_dict,
     train_config_from_dict,
 )
-from .feature_cache import cache_bytes
+from .feature_cache import cache_bytes, frozen_part_bytes
 from .loop import TrainResult, train
 from .parameters import backbone_stages
 
@@ -63,7 +63,10 @@ DEFAULT_MODEL = "tf_efficientdet_lite0"
 INPUT_SIZES = (320, 384, 448, 512, 640)
 TARGET_MATCHED = 0.90  # the anchors should match this share of the boxes
 MIN_BOX_SIDE = 16.0  # px: the smaller boxes should span two cells of P3 (stride 8)
-LARGE_INPUT_MINUTES = 20  # inputs of more than twice the model's pixels need this budget
+LARGE_INPUT_MINUTES = 20  # inputs of more than twice the model's pixels need this budget,
+# or, when the anchors match under CROWDED_MATCHED of the boxes at the largest input below it,
+SMALL_OBJECT_MINUTES = 10  # this one (small: AP50 0.458 at 448, 0.542 at 640, 56 % / 79 % matched)
+CROWDED_MATCHED = 0.75
 ANCHOR_GAIN = 0.05  # fitted anchors are used when they match this much more
 CACHE_SHARE = 0.2  # of the budget, at most, spent computing cached views
 MAX_VIEWS = 32
@@ -242,20 +245,20 @@ def plan_budget_recipe(
         augmented_view_cost=n * (speed.backbone_per_image + reads * speed.read_per_image),
         final_eval=2 * summary.num_val * speed.full_per_image + 15.0,  # with the error analysis
     )
-    cached = _plan_views(costs, batch, n, _views_fit_memory(config, n, user))
-    unfrozen = _choose_backbone(choose, config, speed, costs, cached, batch, n, reads, device)
-    if unfrozen is None:
-        views, steps, epochs = _choose_views(choose, recipe, costs, cached)
+    frozen = _plan_views(costs, batch, n, _views_fit_memory(config, n, user))
+    backbone = _choose_backbone(choose, config, speed, costs, frozen, batch, n, reads, device)
+    if backbone.cached:
+        views, steps, epochs = _choose_views(choose, recipe, replace(costs, step=backbone.step), backbone.plan)
         augment = int(views) > 1
     else:
-        (steps, epochs), augment = unfrozen, True
-    _choose_augmentation(choose, recipe, summary, augment, mix, cached=unfrozen is None)
+        steps, epochs, augment = backbone.plan.steps, backbone.plan.epochs, True
+    _choose_augmentation(choose, recipe, summary, augment, mix, cached=backbone.cached)
     _choose_optimizer(choose, batch, steps, n)
     _choose_schedule(choose, minutes, epochs)
     planning = time.perf_counter() - began
     choose("run.time_budget_minutes", round(max(0.1, (costs.seconds - planning - 1.2 * costs.final_eval) / 60), 2),
            f"the budget less this plan ({planning:.0f} s) and the final evaluation (~{costs.final_eval:.0f} s)")
-    choose("run.budget_includes_setup", True, "the feature cache counts against the budget" if unfrozen is None
+    choose("run.budget_includes_setup", True, "the feature cache counts against the budget" if backbone.cached
            else "the set-up counts against the budget")
     choose("run.channels_last", True, "NHWC: faster convolutions on the CPU")
     if fit is not None and max(fit.base_share, fit.best_share) < TARGET_MATCHED:
@@ -301,11 +304,16 @@ def _choose_input(
     return replace(base, image_size=(side, side)), fit
 
 
-def _views_fit_memory(config: ModelConfig, n: int, user: Mapping[str, Any]) -> int:
-    """How many cached views of ``n`` images fit in ``data.cache_max_gb`` (at least 1)."""
-    with torch.device("meta"):  # channels and strides only: nothing allocated
-        _, info = create_backbone(config.backbone)
-    per_view_bytes = cache_bytes(info.channels, info.strides, config.image_size, n)
+def _views_fit_memory(config: ModelConfig, n: int, user: Mapping[str, Any], first_trainable: int | None = None) -> int:
+    """How many cached views of ``n`` images fit in ``data.cache_max_gb`` (at least 1): of
+    the whole frozen backbone's maps, or of what its blocks before ``first_trainable``
+    compute."""
+    with torch.device("meta"):  # shapes only: nothing allocated or computed
+        backbone, info = create_backbone(config.backbone)
+        per_view_bytes = (
+            cache_bytes(info.channels, info.strides, config.image_size, n) if first_trainable is None
+            else frozen_part_bytes(backbone, config.image_size, first_trainable, n)
+        )
     max_gb = float(_user_value(user, "data.cache_max_gb", DataSection().cache_max_gb))
     return max(1, int(max_gb * 2**30 // max(1, per_view_bytes)))
 
@@ -354,49 +362,73 @@ def _choose_views(
     return views, steps, epochs
 
 
-def _backbone_stage_count(config: ModelConfig) -> int:
-    """The stages of ``config``'s backbone that ``model.freeze_backbone`` counts."""
+def _backbone_layout(config: ModelConfig) -> tuple[int, bool]:
+    """The stages of ``config``'s backbone that ``model.freeze_backbone`` counts, and whether
+    it can be run in parts (its last stages training on cached maps)."""
     with torch.device("meta"):
         backbone, _ = create_backbone(config.backbone)
-    return len(backbone_stages(backbone))
+    return len(backbone_stages(backbone)), tapped_blocks(backbone) is not None
+
+
+@dataclass(frozen=True)
+class _BackbonePlan:
+    """How the backbone trains: ``trainable`` last stages (0: all frozen), from cached maps or
+    on the fly, and the views, steps and epochs that fit."""
+
+    trainable: int
+    cached: bool
+    plan: _CachedPlan
+    step: float  # seconds a step at the run's batch size
 
 
 def _choose_backbone(
-    choose: _Chooser, config: ModelConfig, speed: Speed, costs: _Costs, cached: _CachedPlan,
+    choose: _Chooser, config: ModelConfig, speed: Speed, costs: _Costs, frozen: _CachedPlan,
     batch: int, n: int, reads: float, device: str,
-) -> tuple[int, float] | None:
-    """``model.freeze_backbone`` (:func:`~.budget_rules.unfreeze_rule`, or the user's): None
-    when the whole backbone stays frozen (its maps cached), else the steps and epochs that
-    fit with its last stages training on the fly, at ``optim.backbone_lr_factor`` of the
-    rate. Times a step of the partly trainable network only when the choice needs it."""
-    stages = _backbone_stage_count(config)
+) -> _BackbonePlan:
+    """``model.freeze_backbone`` (:func:`~.budget_rules.unfreeze_rule`, or the user's). With
+    the whole backbone frozen its maps are cached (the ``frozen`` plan); with its last stages
+    training, the frozen stages' maps are cached and each step runs the trainable ones at
+    ``optim.backbone_lr_factor`` of the rate (on the fly, without a cache, when nothing is
+    frozen or the backbone cannot be run in parts). Times a step of the partly trainable
+    network only when the choice needs it."""
+    stages, splittable = _backbone_layout(config)
     given = _user_value(choose.user, "model.freeze_backbone")
+    may_cache = _user_value(choose.user, "data.cache_features", True) is not False
 
-    def fit_unfrozen(trainable: int) -> tuple[int, float, float]:
+    def fit_trainable(trainable: int) -> _BackbonePlan:
+        cached = may_cache and splittable and trainable < stages
         step = speed.unfrozen_step
         if step is None:
-            step = measure_unfrozen_step(config, trainable, batch_size=speed.batch_size, device=device)
+            step = measure_unfrozen_step(config, trainable, batch_size=speed.batch_size, device=device,
+                                         cached=cached)
+        step = step * batch / speed.batch_size
+        if cached:
+            first = stages - trainable - 1  # the stem is stage 0
+            memory = _views_fit_memory(config, n, choose.user, first)
+            return _BackbonePlan(trainable, True, _plan_views(replace(costs, step=step), batch, n, memory), step)
         # Reading and augmenting on the fly shares the machine with the steps.
-        per_step = step * batch / speed.batch_size + batch * reads * speed.read_per_image
+        per_step = step + batch * reads * speed.read_per_image
         steps = max(1, int(costs.train_seconds(0) / per_step))
-        return steps, steps * batch / n, per_step
+        return _BackbonePlan(trainable, False, _CachedPlan(0, steps, steps * batch / n), per_step)
 
+    probe = None
     if given is _MISSING:
-        probe = fit_unfrozen(rules.UNFREEZE_STAGES) if cached.epochs >= rules.UNFREEZE_EPOCHS else None
+        probe = fit_trainable(rules.UNFREEZE_STAGES) if frozen.epochs >= rules.UNFREEZE_EPOCHS else None
         proposal = rules.unfreeze_rule(
-            stages=stages, frozen_epochs=cached.epochs, unfrozen_epochs=probe[1] if probe else None
+            stages=stages, frozen_epochs=frozen.epochs, unfrozen_epochs=probe.plan.epochs if probe else None
         )
         freeze = int(choose("model.freeze_backbone", proposal.value, proposal.reason))
     else:
         freeze = int(choose("model.freeze_backbone", given, ""))
     if freeze < 0 or freeze >= stages:
-        return None
-    steps, epochs, per_step = fit_unfrozen(stages - freeze)
-    choose("data.cache_features", False, f"the last {stages - freeze} backbone stage(s) train: their maps "
-           f"change every step; about {epochs:.0f} epochs of {per_step:.2f} s steps fit")
+        return _BackbonePlan(0, True, frozen, costs.step)
+    chosen = probe if probe is not None and probe.trainable == stages - freeze else fit_trainable(stages - freeze)
     choose("optim.backbone_lr_factor", rules.BACKBONE_LR_FACTOR,
            f"the backbone learns at {rules.BACKBONE_LR_FACTOR:g} of the rate: its ImageNet features move slowly")
-    return steps, epochs
+    if not chosen.cached:
+        choose("data.cache_features", False, f"the last {chosen.trainable} backbone stage(s) train: their "
+               f"maps change every step; about {chosen.plan.epochs:.0f} epochs of {chosen.step:.2f} s steps fit")
+    return chosen
 
 
 def _mix_proposals(user: Mapping[str, Any], summary: DataSummary, side: int) -> dict[str, rules.Proposal]:
@@ -441,6 +473,8 @@ def _choose_augmentation(
     choose("data.hflip_prob", flip, reason)
     choose("data.scale_min", SCALE_RANGE[0], "mild scale jitter and shifts: views stay like the originals")
     choose("data.scale_max", SCALE_RANGE[1], "")
+    for key, proposal in rules.colour_rule().items():
+        choose(key, proposal.value, proposal.reason)
     for key, proposal in mix.items():
         choose(key, proposal.value, proposal.reason)
 
@@ -477,15 +511,18 @@ def _choose_input_size(
     boxes (the 10th percentile of ``sqrt(w h)``) are :data:`MIN_BOX_SIDE` pixels or more and
     the anchors, fitted or not, match :data:`TARGET_MATCHED` of the boxes; otherwise the
     largest the budget allows (sizes above twice the model's pixels need
-    :data:`LARGE_INPUT_MINUTES`)."""
+    :data:`LARGE_INPUT_MINUTES`, or :data:`SMALL_OBJECT_MINUTES` when the anchors match
+    under :data:`CROWDED_MATCHED` of the boxes at the largest size below them)."""
     base_side = base.image_size[0]
     levels = (base.min_level, base.max_level)
-    allowed = [
-        s for s in INPUT_SIZES
-        if s >= base_side and (s * s <= 2 * base_side * base_side or minutes >= LARGE_INPUT_MINUTES)
-    ]
+    sizes = [s for s in INPUT_SIZES if s >= base_side]
+    large = minutes >= LARGE_INPUT_MINUTES
     chosen = None
-    for side in allowed:
+    for side in sizes:
+        if side * side > 2 * base_side * base_side and not large:
+            if chosen is None or minutes < SMALL_OBJECT_MINUTES or chosen[1] >= CROWDED_MATCHED:
+                break
+            large = True  # tiny boxes: a larger input pays even in a short budget
         fit = fit_anchors(summary.boxes_at(side), (side, side), *levels, base.anchors)
         share = max(fit.base_share, fit.best_share)
         chosen = (side, share, fit)

@@ -1,7 +1,7 @@
 """What the budget recipe times on this machine before it plans: the frozen backbone per
 image, a training step of the neck and heads on cached maps, the whole network in
 evaluation, reading and augmenting an image, and (only when a plan trains part of the
-backbone) a training step of the whole network with its last stages trainable."""
+backbone) a training step with its last stages trainable."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import torch
 from ..config import ModelConfig
 from ..data import DetectionData, DetectionDataset, build_transform
 from ..devices import time_calls
+from ..modeling.backbone import run_frozen_part, run_trainable_part, tapped_blocks
 from ..modeling.model import EfficientDet
 from .feature_cache import inference_backbone
 from .parameters import backbone_stages, freeze_modules
@@ -32,9 +33,10 @@ class Speed:
         full_per_image: the whole network in evaluation, one image.
         read_per_image: reading, decoding and augmenting one image (the cache and the
             loader do it once per image they use; mosaic, mixup and copy-paste read more).
-        unfrozen_step: one training step of the whole network on images at ``batch_size``
-            with the last backbone stages trainable (:func:`measure_unfrozen_step`); None
-            until a plan needs it.
+        unfrozen_step: one training step at ``batch_size`` with the last backbone stages
+            trainable (:func:`measure_unfrozen_step`): from the cached output of the frozen
+            ones where the plan caches them, from images where it cannot; None until a plan
+            needs it.
     """
 
     backbone_per_image: float
@@ -94,26 +96,40 @@ def measure_speed(config: ModelConfig, *, batch_size: int = BATCH_SIZE, device: 
 
 
 def measure_unfrozen_step(
-    config: ModelConfig, trainable_stages: int, *, batch_size: int = BATCH_SIZE, device: str = "cpu"
+    config: ModelConfig, trainable_stages: int, *, batch_size: int = BATCH_SIZE, device: str = "cpu",
+    cached: bool = True,
 ) -> float:
-    """Seconds of one training step of the whole network of ``config`` on images at
-    ``batch_size``, with the backbone's last ``trainable_stages`` stages trainable and the
-    others frozen (BN statistics fixed), as a run without the feature cache trains it."""
+    """Seconds of one training step of the network of ``config`` at ``batch_size`` with the
+    backbone's last ``trainable_stages`` stages trainable and the others frozen (BN
+    statistics fixed). ``cached``: as a run with the feature cache trains it, from the
+    frozen blocks' cached output (the trainable blocks, neck and heads); otherwise from
+    images, the whole network (a backbone that cannot be run in parts is timed so)."""
     dev = torch.device(device)
     model = EfficientDet(config, pretrained_backbone=False).to(dev)
     model.to(memory_format=torch.channels_last)
     stages = backbone_stages(model.backbone)
-    frozen = freeze_modules([m for s in stages[: max(0, len(stages) - trainable_stages)] for m in s])
+    count = max(0, len(stages) - trainable_stages)
+    frozen = freeze_modules([m for s in stages[:count] for m in s])
     model.train()
     for module in frozen:
         module.eval()
     h, w = config.image_size
     images = torch.randn(batch_size, 3, h, w, device=dev).contiguous(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    first = count - 1  # the stem is stage 0
+    if cached and first >= 0 and tapped_blocks(model.backbone) is not None:
+        with torch.no_grad():
+            taps, boundary = run_frozen_part(model.backbone, images, first)
+
+        def loss_of() -> torch.Tensor:
+            return _toy_loss(model, [*taps, *run_trainable_part(model.backbone, boundary, first)])
+    else:
+        def loss_of() -> torch.Tensor:
+            return _toy_loss(model, images)
 
     def step() -> None:
         with torch.enable_grad():
-            loss = _toy_loss(model, images)
+            loss = loss_of()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

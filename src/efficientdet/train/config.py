@@ -83,9 +83,15 @@ class DataSection:
     hflip_prob: float = 0.5
     scale_min: float = 0.1
     scale_max: float = 2.0
+    # Colour jitter of the augmented images (0 = off, the official recipe): hue shift in
+    # [-hsv_h, hsv_h] turns, saturation and brightness factors in [1 - x, 1 + x].
+    hsv_h: float = 0.0
+    hsv_s: float = 0.0
+    hsv_v: float = 0.0
     num_workers: int | None = None  # loader processes per training process; None: from the CPU count
-    # Compute a frozen backbone's maps once (needs model.freeze_backbone=-1); see
-    # efficientdet.train.feature_cache. cache_views: 1 plain + (views - 1) augmented copies.
+    # Compute a frozen backbone's maps once (model.freeze_backbone=-1; with k >= 1 the maps of
+    # its first k stages, the rest train on them); see efficientdet.train.feature_cache.
+    # cache_views: 1 plain + (views - 1) augmented copies.
     cache_features: bool = False
     cache_views: int = 1
     cache_max_gb: float = 8.0
@@ -96,7 +102,16 @@ class DataSection:
     copy_paste_prob: float = 0.0
     mixup_alpha: float = 32.0  # the mixup weight ~ Beta(alpha, alpha)
 
+    @property
+    def hsv(self) -> tuple[float, float, float]:
+        """``(hsv_h, hsv_s, hsv_v)``, as :class:`~efficientdet.data.TrainTransform` takes it."""
+        return (self.hsv_h, self.hsv_s, self.hsv_v)
+
     def __post_init__(self) -> None:
+        if not (0.0 <= self.hsv_h <= 0.5 and 0.0 <= self.hsv_s <= 1.0 and 0.0 <= self.hsv_v <= 1.0):
+            raise ValueError(
+                f"data.hsv_h must be in [0, 0.5], data.hsv_s and data.hsv_v in [0, 1]; got {self.hsv}"
+            )
         if self.num_workers is not None and self.num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0 (or null: from the CPU count), got {self.num_workers}")
         if self.cache_views < 1:

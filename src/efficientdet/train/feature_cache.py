@@ -10,6 +10,12 @@ augmentation with seeds fixed per view (mosaic, mixup and copy-paste included, d
 same :class:`~efficientdet.data.DetectionDataset` as the on-the-fly loader's), and epoch ``e``
 trains on view ``e % views``.
 
+With the last blocks of the backbone training (``model.freeze_backbone=k``, ``k`` leading
+stages frozen) the cache holds what the frozen blocks compute: the maps they produce and the
+input of the first trainable block (``boundary``, stored apart only when it is not one of
+those maps); each step runs the trainable blocks on it (``first_trainable``). Their share of
+the backbone's work is small when they are the last, low-resolution ones.
+
 The maps are stored as float16 on the CPU (``views * N`` images x the backbone's maps; for
 Lite0 at 320 px about 282 KB an image); :func:`cache_bytes` gives the size in advance so a
 run can refuse a cache that does not fit before computing it.
@@ -28,6 +34,7 @@ from torch import Tensor, nn
 from ..config import feature_sizes
 from ..data import DetectionData, DetectionDataset, MixAugment, build_transform
 from ..detection.detector import BackboneFeatures
+from ..modeling.backbone import evaluation_mode, run_frozen_part, tapped_blocks
 from ..modeling.optimize import fold_batchnorms
 
 log = logging.getLogger(__name__)
@@ -47,12 +54,18 @@ class FeatureCache:
             "labels": Tensor[M] int64}``, the same order.
         num_samples: ``N``, images in the training set.
         image_size: ``(H, W)`` of the network input.
+        first_trainable: the index in ``backbone.blocks`` of the first block that trains
+            (None: the whole backbone is frozen and ``maps`` are all its levels).
+        boundary: ``Tensor[views * N, C, H_b, W_b]`` float16, that block's input, when it is
+            not ``maps[-1]``.
     """
 
     maps: list[Tensor]
     targets: list[dict[str, Tensor]]
     num_samples: int
     image_size: tuple[int, int]
+    first_trainable: int | None = None
+    boundary: Tensor | None = None
 
     @property
     def views(self) -> int:
@@ -68,7 +81,13 @@ class FeatureCache:
         targets = [
             {k: v.to(device) for k, v in self.targets[int(r)].items()} for r in rows
         ]
-        return BackboneFeatures(maps, self.image_size), targets
+        if self.first_trainable is None:
+            return BackboneFeatures(maps, self.image_size), targets
+        boundary = (
+            maps[-1] if self.boundary is None
+            else self.boundary.index_select(0, rows).to(device, torch.float32, non_blocking=True)
+        )
+        return BackboneFeatures(maps, self.image_size, boundary, self.first_trainable), targets
 
 
 def cache_bytes(
@@ -80,6 +99,24 @@ def cache_bytes(
     per_item = sum(c * grids[s.bit_length() - 1][0] * grids[s.bit_length() - 1][1]
                    for c, s in zip(channels, strides, strict=True))
     return per_item * items * torch.finfo(CACHE_DTYPE).bits // 8
+
+
+@torch.inference_mode()
+def frozen_part_bytes(
+    backbone: nn.Module, image_size: tuple[int, int], first_trainable: int, items: int
+) -> int:
+    """Bytes of float16 maps for ``items`` images when the blocks of ``backbone`` from
+    ``first_trainable`` on train: the levels the frozen blocks produce and, when it is not
+    one of them, the trainable blocks' input (shapes from one small probe image)."""
+    device = next(backbone.parameters()).device  # "meta" gives the shapes without computing
+    with evaluation_mode(backbone):
+        taps, boundary = run_frozen_part(backbone, torch.zeros(1, 3, *image_size, device=device), first_trainable)
+    stored = taps + ([] if _boundary_is_tap(backbone, first_trainable) else [boundary])
+    return sum(m.numel() for m in stored) * items * torch.finfo(CACHE_DTYPE).bits // 8
+
+
+def _boundary_is_tap(backbone: nn.Module, first_trainable: int) -> bool:
+    return first_trainable - 1 in (tapped_blocks(backbone) or ())
 
 
 def inference_backbone(backbone: nn.Module, image_size: tuple[int, int]) -> nn.Module:
@@ -101,11 +138,13 @@ def build_feature_cache(
     views: int = 1,
     hflip_prob: float = 0.5,
     scale_range: tuple[float, float] = (0.1, 2.0),
+    hsv: tuple[float, float, float] = (0.0, 0.0, 0.0),
     mix: MixAugment | None = None,
     seed: int = 0,
     batch_size: int = 4,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    first_trainable: int | None = None,
 ) -> FeatureCache:
     """Run the frozen ``backbone`` over ``views`` versions of every training image.
 
@@ -117,11 +156,14 @@ def build_feature_cache(
         image_size: ``(H, W)`` network input.
         mean, std: input normalisation.
         views: versions per image; view 0 is the letterbox, views 1.. the training
-            augmentation (``hflip_prob``, ``scale_range``, and ``mix``: mosaic, mixup,
-            copy-paste) with per-view seeds.
+            augmentation (``hflip_prob``, ``scale_range``, ``hsv`` colour jitter, and
+            ``mix``: mosaic, mixup, copy-paste) with per-view seeds.
         seed: the run's seed; with it the views are a pure function of the data.
         batch_size: images per backbone call (small batches keep CPU caches warm).
         device: where the backbone runs; the cache itself is kept on the CPU.
+        first_trainable: the index in ``backbone.blocks`` of the first block that trains
+            (None: all frozen); the cache then holds what the blocks before it compute
+            (:func:`~efficientdet.modeling.backbone.run_frozen_part`).
 
     Returns:
         A :class:`FeatureCache` of ``views * len(data)`` items.
@@ -132,9 +174,17 @@ def build_feature_cache(
     plain = build_transform(image_size, train=False, mean=mean, std=std)
     augmented = build_transform(
         image_size, train=True, augment=True, mean=mean, std=std, hflip_prob=hflip_prob,
-        scale_range=scale_range,
+        scale_range=scale_range, hsv=hsv,
     )
     count = len(data)
+    store_boundary = first_trainable is not None and not _boundary_is_tap(backbone, first_trainable)
+
+    def frozen_outputs(images: Tensor) -> list[Tensor]:
+        if first_trainable is None:
+            return list(fast(images))
+        taps, boundary = run_frozen_part(fast, images, first_trainable)
+        return [*taps, boundary] if store_boundary else taps
+
     maps: list[Tensor] = []
     targets: list[dict[str, Tensor]] = []
     bar = None
@@ -154,7 +204,7 @@ def build_feature_cache(
                 for i in range(start, min(start + batch_size, count))
             ]
             images = torch.stack([image for image, _ in items]).to(device)
-            out = fast(images.contiguous(memory_format=torch.channels_last))
+            out = frozen_outputs(images.contiguous(memory_format=torch.channels_last))
             if not maps:
                 maps = [torch.empty((views * count, *m.shape[1:]), dtype=CACHE_DTYPE) for m in out]
             row = view * count + start
@@ -171,4 +221,5 @@ def build_feature_cache(
                 f"backbone level {level} overflows float16 in the feature cache; train without "
                 "data.cache_features"
             )
-    return FeatureCache(maps, targets, count, image_size)
+    boundary = maps.pop() if store_boundary else None
+    return FeatureCache(maps, targets, count, image_size, first_trainable, boundary)

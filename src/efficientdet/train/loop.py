@@ -35,6 +35,7 @@ from ..inference.evaluate import (
     score_detections,
     write_eval_outputs,
 )
+from ..modeling.backbone import split_matches, tapped_blocks
 from ..modeling.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from ..modeling.model import EfficientDet
 from ..modeling.optimize import optimize_for_inference
@@ -44,7 +45,7 @@ from .budget import TimeBudget
 from .config import TrainConfig, load_config, save_config
 from .distributed import DistContext, convert_sync_batchnorm
 from .ema import ModelEMA
-from .feature_cache import FeatureCache, build_feature_cache, cache_bytes
+from .feature_cache import FeatureCache, build_feature_cache, cache_bytes, frozen_part_bytes
 from .logger import MetricsLogger, plot_curves
 from .mlflow_logger import MlflowLogger
 from .parameters import backbone_stages, freeze_modules, parameter_groups, set_frozen_bn_eval
@@ -85,7 +86,11 @@ def steps_per_epoch(num_samples: int, batch_size: int, world_size: int) -> int:
 def _channels_last(images: torch.Tensor | BackboneFeatures) -> torch.Tensor | BackboneFeatures:
     nhwc = torch.channels_last
     if isinstance(images, BackboneFeatures):
-        return BackboneFeatures([m.contiguous(memory_format=nhwc) for m in images.maps], images.image_size)
+        boundary = None if images.boundary is None else images.boundary.contiguous(memory_format=nhwc)
+        return BackboneFeatures(
+            [m.contiguous(memory_format=nhwc) for m in images.maps], images.image_size, boundary,
+            images.first_trainable,
+        )
     return images.contiguous(memory_format=nhwc)
 
 
@@ -342,11 +347,23 @@ class Trainer:
         cfg = self.config
         if not cfg.data.cache_features:
             return None
-        stages = backbone_stages(self.model.backbone)
-        frozen = cfg.model.freeze_backbone < 0 or cfg.model.freeze_backbone >= len(stages)
-        if not frozen:
+        backbone = self.model.backbone
+        stages = backbone_stages(backbone)
+        freeze = cfg.model.freeze_backbone
+        # The stem is stage 0: with k stages frozen, blocks[k - 1] is the first that trains.
+        first_trainable = None if freeze < 0 or freeze >= len(stages) else freeze - 1
+        if first_trainable is not None and first_trainable < 0:
             raise TrainingError(
-                "data.cache_features needs the whole backbone frozen: set model.freeze_backbone=-1"
+                "data.cache_features needs the backbone frozen: set model.freeze_backbone=-1 "
+                "(all of it) or k >= 1 (its first k stages; the rest train on the cached maps)"
+            )
+        if first_trainable is not None and (
+            tapped_blocks(backbone) is None or not split_matches(backbone, first_trainable)
+        ):
+            raise TrainingError(
+                f"data.cache_features with model.freeze_backbone={freeze}: backbone "
+                f"{self.model.config.backbone} cannot be run in parts; set model.freeze_backbone=-1 "
+                "or train without data.cache_features"
             )
         views = cfg.data.cache_views
         if views == 1 and cfg.data.mix_augment().active and self.dist.is_main:
@@ -359,7 +376,10 @@ class Trainer:
         size = self.model.config.image_size
         # Each process caches its own shard of the images and trains on it alone.
         shard = self.train_data.subset(self.dist.shard(len(self.train_data)))
-        need = cache_bytes(info.channels, info.strides, size, views * len(shard))
+        need = (
+            cache_bytes(info.channels, info.strides, size, views * len(shard)) if first_trainable is None
+            else frozen_part_bytes(backbone, size, first_trainable, views * len(shard))
+        )
         if need > cfg.data.cache_max_gb * 2**30:
             raise TrainingError(
                 f"the feature cache needs {need / 2**30:.1f} GiB ({views} view(s) of "
@@ -371,9 +391,10 @@ class Trainer:
         model_cfg = self.model.config
         cache = build_feature_cache(
             self.model.backbone, shard, image_size=size, mean=model_cfg.mean,
-            std=model_cfg.std, views=views, hflip_prob=cfg.data.hflip_prob,
+            std=model_cfg.std, views=views, hflip_prob=cfg.data.hflip_prob, hsv=cfg.data.hsv,
             scale_range=(cfg.data.scale_min, cfg.data.scale_max), mix=cfg.data.mix_augment(),
             seed=cfg.run.seed, device=self.device, progress=self.dist.is_main and cfg.run.progress,
+            first_trainable=first_trainable,
         )
         log.info(
             "cached backbone features of %d x %d images (%.0f MB) in %.1f s",
@@ -509,7 +530,7 @@ class Trainer:
             transform = build_transform(
                 model_cfg.image_size, train=True, augment=cfg.data.augment, mean=model_cfg.mean,
                 std=model_cfg.std, hflip_prob=cfg.data.hflip_prob,
-                scale_range=(cfg.data.scale_min, cfg.data.scale_max),
+                scale_range=(cfg.data.scale_min, cfg.data.scale_max), hsv=cfg.data.hsv,
             )
             self._train_dataset = DetectionDataset(
                 self.train_data, transform, on_unreadable="substitute",
