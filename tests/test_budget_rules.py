@@ -121,6 +121,9 @@ def test_the_users_mosaic_turns_augmentation_on_even_with_one_view(tiny_demo) ->
     short = plan_budget_recipe(tiny_demo.data_yaml, 0.05, speed=SPEED, user={"data": {"mosaic_prob": 0.5}})
     assert short.value("data.cache_views") == 1 and short.value("data.augment") is True
     assert any("data.mosaic_prob change nothing with one cached view" in n for n in short.notes)
+    jitter = plan_budget_recipe(tiny_demo.data_yaml, 0.05, speed=SPEED, user={"data": {"hsv_v": 0.4}})
+    assert jitter.value("data.cache_views") == 1 and jitter.value("data.augment") is True
+    assert any("data.hsv_v change nothing with one cached view" in n for n in jitter.notes)
 
 
 def test_colour_jitter_is_proposed_with_the_other_augmentation(tiny_demo, monkeypatch) -> None:

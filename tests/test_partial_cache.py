@@ -105,6 +105,33 @@ def test_the_last_blocks_train_on_cached_maps_as_on_images(tiny_demo, tmp_path: 
     assert any(name.startswith(f"blocks.{freeze - 1}.") for name in changed)
 
 
+def test_frozen_stages_with_drop_path_train_as_their_cache(tiny_demo, tmp_path: Path, monkeypatch) -> None:
+    """Frozen stages run as at inference in a training step (no drop-path, fixed BN), so a
+    backbone with drop-path trains the same on the fly as on its cached maps; the trainable
+    blocks keep theirs."""
+    from dataclasses import replace
+
+    import efficientdet.train.loop as loop
+
+    build = loop.config_for_training
+    monkeypatch.setattr(loop, "config_for_training",
+                        lambda *a, **k: replace(build(*a, **k), backbone_drop_path=0.3))
+    extra = ("run.max_steps=4", "data.augment=false", "optim.optimizer=adamw", "optim.lr=0.005",
+             "model.freeze_backbone=4")
+    trainer = Trainer(_config(tiny_demo, tmp_path / "plain", *extra))
+    drops = [m for m in trainer.model.backbone.modules() if type(m).__name__ == "DropPath"]
+    assert drops, "the test needs a backbone with drop-path"
+    trainer._train_mode()
+    frozen = {id(m) for s in backbone_stages(trainer.model.backbone)[:4] for top in s for m in top.modules()}
+    assert {m.training for m in drops if id(m) in frozen} == {False}
+    assert {m.training for m in drops if id(m) not in frozen} == {True}
+    # the same batches and generator on images and on the cache: drop-path draws only in
+    # the trainable blocks, the same draws in both runs
+    plain = trainer.fit()
+    cached = train(_config(tiny_demo, tmp_path / "cached", *extra, "data.cache_features=true"))
+    assert cached.losses == pytest.approx(plain.losses, rel=2e-3)
+
+
 @pytest.mark.parametrize("freeze", [4, 2])
 def test_a_run_training_cached_last_blocks_resumes_on_the_same_trajectory(tiny_demo, tmp_path: Path, freeze: int) -> None:
     extra = ("run.max_steps=6", "data.cache_features=true", "data.cache_views=2", f"model.freeze_backbone={freeze}")

@@ -79,6 +79,8 @@ def test_mix_options_are_checked() -> None:
         load_config(None, ["data.mixup_alpha=0"])
     with pytest.raises(ValueError, match="need data.augment=true"):
         load_config(None, ["data.augment=false", "data.copy_paste_prob=0.3"])
+    with pytest.raises(ValueError, match="data.hsv_h, data.hsv_s and data.hsv_v need data.augment=true"):
+        load_config(None, ["data.augment=false", "data.hsv_v=0.4"])
     with pytest.raises(ValueError, match="optim.backbone_lr_factor must be positive"):
         load_config(None, ["optim.backbone_lr_factor=0"])
     config = load_config(None, [])  # off by default

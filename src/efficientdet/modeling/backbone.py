@@ -140,7 +140,8 @@ def tapped_blocks(backbone: nn.Module) -> tuple[int, ...] | None:
     backbone of another layout, which cannot be run in parts."""
     info = getattr(backbone, "feature_info", None)
     blocks = getattr(backbone, "blocks", None)
-    if info is None or blocks is None or getattr(backbone, "feature_hooks", None) is not None:
+    stem = all(hasattr(backbone, name) for name in ("conv_stem", "bn1"))
+    if info is None or blocks is None or not stem or getattr(backbone, "feature_hooks", None) is not None:
         return None
     indices = []
     for name in info.module_name():

@@ -228,7 +228,10 @@ def plan_budget_recipe(
     name = _choose_weights(choose)
     config, fit = _choose_input(choose, summary, name, minutes)
     if speed is None:
-        speed = measure_with_reading(config, train_data, device)
+        # the colour jitter the views will have: the user's, else the rule's
+        hsv = tuple(float(_user_value(user, key, value if rules.HSV_ON else 0.0))
+                    for key, value in zip(rules.HSV_KEYS, rules.HSV, strict=True))
+        speed = measure_with_reading(config, train_data, device, hsv=(hsv[0], hsv[1], hsv[2]))
         recipe.speed = speed
     batch = choose("run.batch_size", min(BATCH_SIZE if speed.device == "cpu" else 32, summary.num_images),
                    "small batches: more updates in the same time")
@@ -452,8 +455,8 @@ def _choose_augmentation(
     """Augmentation when there is more than one cached view or none: flips unless half the
     classes look different mirrored, mild scale jitter, and the images combined as ``mix``
     proposes."""
-    asked = [key for key in mix if float(_user_value(choose.user, key, 0.0)) > 0]
-    if asked and not augment:  # the user's mosaic / mixup / copy-paste need augmentation on
+    asked = [key for key in (*mix, *rules.HSV_KEYS) if float(_user_value(choose.user, key, 0.0)) > 0]
+    if asked and not augment:  # the user's mosaic / mixup / copy-paste / colour jitter need augmentation on
         recipe.notes.append(f"{', '.join(asked)} change nothing with one cached view: give more "
                             "minutes or set data.cache_views")
         augment = True

@@ -137,11 +137,13 @@ def measure_unfrozen_step(
     return LOSS_SHARE * _time(step, dev, repeats=2)
 
 
-def read_seconds(data: DetectionData, config: ModelConfig, count: int = 8) -> float:
-    """Seconds to read, decode and augment one training image (as the feature cache does),
-    timed on up to ``count`` of them."""
+def read_seconds(
+    data: DetectionData, config: ModelConfig, count: int = 8, hsv: tuple[float, float, float] = (0.0, 0.0, 0.0)
+) -> float:
+    """Seconds to read, decode and augment one training image (as the feature cache does,
+    with colour jitter ``hsv``), timed on up to ``count`` of them."""
     transform = build_transform(
-        config.image_size, train=True, augment=True, mean=config.mean, std=config.std
+        config.image_size, train=True, augment=True, mean=config.mean, std=config.std, hsv=hsv
     )
     dataset = DetectionDataset(data, transform, on_unreadable="substitute")
     items = min(count, len(dataset))
@@ -155,7 +157,10 @@ def read_seconds(data: DetectionData, config: ModelConfig, count: int = 8) -> fl
     return time_calls(read_all, repeats=1, warmup=0)[0] / items
 
 
-def measure_with_reading(config: ModelConfig, train_data: DetectionData, device: str) -> Speed:
+def measure_with_reading(
+    config: ModelConfig, train_data: DetectionData, device: str, hsv: tuple[float, float, float] = (0.0, 0.0, 0.0)
+) -> Speed:
     """:func:`measure_speed` and :func:`read_seconds`: a cached view also reads, decodes and
-    augments each image in the main process."""
-    return replace(measure_speed(config, device=device), read_per_image=read_seconds(train_data, config))
+    augments each image (with colour jitter ``hsv``) in the main process."""
+    speed = measure_speed(config, device=device)
+    return replace(speed, read_per_image=read_seconds(train_data, config, hsv=hsv))

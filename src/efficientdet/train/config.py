@@ -126,6 +126,8 @@ class DataSection:
             raise ValueError(
                 "data.mosaic_prob, data.mixup_prob and data.copy_paste_prob need data.augment=true"
             )
+        if any(self.hsv) and not self.augment:
+            raise ValueError("data.hsv_h, data.hsv_s and data.hsv_v need data.augment=true")
 
     def mix_augment(self) -> MixAugment:
         """Mosaic, mixup and copy-paste as this section sets them (inactive when all are 0)."""

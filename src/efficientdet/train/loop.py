@@ -292,9 +292,9 @@ class Trainer:
             model = convert_sync_batchnorm(model)
         stages = backbone_stages(model.backbone)
         count = len(stages) if cfg.freeze_backbone < 0 else min(cfg.freeze_backbone, len(stages))
-        self.frozen: list[nn.Module] = freeze_modules([m for s in stages[:count] for m in s])
-        if cfg.freeze_bn:
-            self.frozen = [model]
+        self.frozen_stages: list[nn.Module] = freeze_modules([m for s in stages[:count] for m in s])
+        # the modules whose BN statistics stay fixed
+        self.frozen: list[nn.Module] = [model] if cfg.freeze_bn else self.frozen_stages
         if cfg.grad_checkpointing:
             set_gc = getattr(model.backbone, "set_grad_checkpointing", None)
             if set_gc is None:
@@ -366,9 +366,9 @@ class Trainer:
                 "or train without data.cache_features"
             )
         views = cfg.data.cache_views
-        if views == 1 and cfg.data.mix_augment().active and self.dist.is_main:
+        if views == 1 and (cfg.data.mix_augment().active or any(cfg.data.hsv)) and self.dist.is_main:
             log.warning(
-                "data.mosaic_prob / mixup_prob / copy_paste_prob change nothing here: the feature "
+                "data.mosaic_prob / mixup_prob / copy_paste_prob / hsv_* change nothing here: the feature "
                 "cache holds each image's plain view alone (data.cache_views=1); set "
                 "data.cache_views >= 2 for augmented views, or train without data.cache_features"
             )
@@ -572,6 +572,10 @@ class Trainer:
 
     def _train_mode(self) -> None:
         self.detector.train()
+        # Frozen stages run as at inference (fixed BN statistics, no drop-path), as their
+        # cached maps were computed.
+        for module in self.frozen_stages:
+            module.eval()
         set_frozen_bn_eval(self.frozen)
 
     def fit(self) -> TrainResult:
