@@ -57,10 +57,13 @@ FAMILY_TRAIN, FAMILY_VAL = 300, 100
 
 def family_sets(families: list[str], sets: int, num_train: int = FAMILY_TRAIN,
                 num_val: int = FAMILY_VAL) -> dict[str, dict[str, Any]]:
-    """``sets`` datasets of each of ``families``: ``FAMILY-SEED`` for seeds 1..sets."""
+    """``sets`` datasets of each of ``families``: ``FAMILY-SEED`` for seeds 1..sets, with
+    ``-nNUM_TRAIN`` for another training size than :data:`FAMILY_TRAIN` (the same validation
+    images: each image is a function of the seed, the split and its index)."""
+    suffix = "" if num_train == FAMILY_TRAIN else f"-n{num_train}"
     return {
-        f"{family}-{seed}": {"kind": "family", "family": family, "seed": seed, "num_train": num_train,
-                             "num_val": num_val}
+        f"{family}-{seed}{suffix}": {"kind": "family", "family": family, "seed": seed, "num_train": num_train,
+                                     "num_val": num_val}
         for family in families for seed in range(1, sets + 1)
     }
 

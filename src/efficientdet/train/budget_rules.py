@@ -6,8 +6,8 @@ Each rule takes what the plan knows (the boxes, the images, the epochs that fit)
 the value it proposes with the reason the plan prints. The constants below are the rules'
 settings. Measured on the families at 10 minutes (README, "On families of datasets unlike the
 demo's"), none of these paid: mosaic + mixup + copy-paste (clutter AP50 0.410 vs 0.411,
-small 0.450 vs 0.458), colour jitter (clutter 0.389), the last two backbone stages training
-on the cached maps (clutter 0.242: a step costs 0.53 s instead of 0.30, 860 steps instead of
+small 0.450 vs 0.458 at 448), colour jitter (clutter 0.389), the last two backbone stages training
+on the cached maps (clutter 0.242: a step costs 0.53 s instead of 0.30, 865 steps instead of
 1,470). So the probabilities are 0, :data:`HSV_ON` is False and :data:`UNFREEZE_EPOCHS` is
 infinite, and the plan chooses what it chose before these options existed;
 ``--set data.mosaic_prob=0.5``, ``--set model.freeze_backbone=6`` and the like try them in a
