@@ -247,7 +247,7 @@ class TrainTransform(_ResizeCropPad):
         if not 0.0 <= hflip_prob <= 1.0:
             raise ValueError(f"hflip_prob must be in [0, 1], got {hflip_prob}")
         h, s, v = (float(x) for x in hsv)
-        if not (0.0 <= h <= 0.5 and 0.0 <= s <= 1.0 and 0.0 <= v <= 1.0):
+        if not hsv_in_range((h, s, v)):
             raise ValueError(f"hsv must be (h, s, v) with h in [0, 0.5], s and v in [0, 1], got {hsv}")
         self.hsv = (h, s, v)
         low, high = scale_range
@@ -284,6 +284,13 @@ class TrainTransform(_ResizeCropPad):
             hue, sat, val = self.hsv
             colour = (hue * u[0], 1.0 + sat * u[1], 1.0 + val * u[2])
         return self.apply(image, boxes, labels, scale=scale, offset=(left, top), flip=flip, colour=colour)
+
+
+def hsv_in_range(hsv: tuple[float, float, float]) -> bool:
+    """Whether colour jitter ``(h, s, v)`` is one :class:`TrainTransform` takes: ``h`` in
+    ``[0, 0.5]`` turns, ``s`` and ``v`` in ``[0, 1]``."""
+    h, s, v = hsv
+    return 0.0 <= h <= 0.5 and 0.0 <= s <= 1.0 and 0.0 <= v <= 1.0
 
 
 def build_transform(

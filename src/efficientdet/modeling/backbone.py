@@ -181,20 +181,22 @@ def run_frozen_part(
     act = getattr(net, "act1", None)  # MobileNetV3's stem has its activation apart
     if act is not None:
         x = act(x)
+    return _run_blocks(net, x, range(first_trainable), taps)
+
+
+def _run_blocks(
+    net: Any, x: torch.Tensor, indices: range, taps: tuple[int, ...]
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """``net.blocks[i]`` for ``i`` in ``indices`` from ``x`` (through gradient checkpointing
+    when the backbone has it on): the outputs of the ``taps`` among them, and the last output."""
+    checkpointed = getattr(net, "grad_checkpointing", False) and torch.is_grad_enabled()
     maps = []
-    for i in range(first_trainable):
-        x = _run_block(net, i, x)
+    for i in indices:
+        block = net.blocks[i]
+        x = cast(torch.Tensor, checkpoint(block, x, use_reentrant=False) if checkpointed else block(x))
         if i in taps:
             maps.append(x)
     return maps, x
-
-
-def _run_block(net: Any, index: int, x: torch.Tensor) -> torch.Tensor:
-    """``net.blocks[index](x)``, through gradient checkpointing when the backbone has it on."""
-    block = net.blocks[index]
-    if getattr(net, "grad_checkpointing", False) and torch.is_grad_enabled():
-        return cast(torch.Tensor, checkpoint(block, x, use_reentrant=False))
-    return cast(torch.Tensor, block(x))
 
 
 def run_trainable_part(backbone: nn.Module, boundary: torch.Tensor, first_trainable: int) -> list[torch.Tensor]:
@@ -203,12 +205,7 @@ def run_trainable_part(backbone: nn.Module, boundary: torch.Tensor, first_traina
     ``taps + run_trainable_part(...)`` equals ``backbone(images)``."""
     taps = _split_checked(backbone, first_trainable)
     net = cast(Any, backbone)
-    x = boundary
-    maps = []
-    for i in range(first_trainable, len(net.blocks)):
-        x = _run_block(net, i, x)
-        if i in taps:
-            maps.append(x)
+    maps, _ = _run_blocks(net, boundary, range(first_trainable, len(net.blocks)), taps)
     return maps
 
 

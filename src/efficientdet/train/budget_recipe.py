@@ -57,7 +57,7 @@ from .config import (
 )
 from .feature_cache import cache_bytes, frozen_part_bytes
 from .loop import TrainResult, train
-from .parameters import backbone_stages
+from .parameters import backbone_stages, first_trainable_block
 
 DEFAULT_MODEL = "tf_efficientdet_lite0"
 INPUT_SIZES = (320, 384, 448, 512, 640)
@@ -406,7 +406,7 @@ def _choose_backbone(
                                          cached=cached)
         step = step * batch / speed.batch_size
         if cached:
-            first = stages - trainable - 1  # the stem is stage 0
+            first = first_trainable_block(stages - trainable)
             memory = _views_fit_memory(config, n, choose.user, first)
             return _BackbonePlan(trainable, True, _plan_views(replace(costs, step=step), batch, n, memory), step)
         # Reading and augmenting on the fly shares the machine with the steps.

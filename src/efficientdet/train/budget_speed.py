@@ -17,7 +17,7 @@ from ..devices import time_calls
 from ..modeling.backbone import run_frozen_part, run_trainable_part, tapped_blocks
 from ..modeling.model import EfficientDet
 from .feature_cache import inference_backbone
-from .parameters import backbone_stages, freeze_modules
+from .parameters import backbone_stages, first_trainable_block, freeze_modules
 
 BATCH_SIZE = 8  # on a CPU: twice the updates of 16 for the same images a second
 LOSS_SHARE = 1.25  # anchor matching, the focal loss and the EMA add about a quarter to the bare step
@@ -116,7 +116,7 @@ def measure_unfrozen_step(
     h, w = config.image_size
     images = torch.randn(batch_size, 3, h, w, device=dev).contiguous(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    first = count - 1  # the stem is stage 0
+    first = first_trainable_block(count)
     if cached and first >= 0 and tapped_blocks(model.backbone) is not None:
         with torch.no_grad():
             taps, boundary = run_frozen_part(model.backbone, images, first)

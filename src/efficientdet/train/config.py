@@ -15,6 +15,7 @@ import yaml
 
 from ..config import normalize_aspect_ratios
 from ..data.mix import MixAugment
+from ..data.transforms import hsv_in_range
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")
@@ -108,7 +109,7 @@ class DataSection:
         return (self.hsv_h, self.hsv_s, self.hsv_v)
 
     def __post_init__(self) -> None:
-        if not (0.0 <= self.hsv_h <= 0.5 and 0.0 <= self.hsv_s <= 1.0 and 0.0 <= self.hsv_v <= 1.0):
+        if not hsv_in_range(self.hsv):
             raise ValueError(
                 f"data.hsv_h must be in [0, 0.5], data.hsv_s and data.hsv_v in [0, 1]; got {self.hsv}"
             )

@@ -48,7 +48,13 @@ from .ema import ModelEMA
 from .feature_cache import FeatureCache, build_feature_cache, cache_bytes, frozen_part_bytes
 from .logger import MetricsLogger, plot_curves
 from .mlflow_logger import MlflowLogger
-from .parameters import backbone_stages, freeze_modules, parameter_groups, set_frozen_bn_eval
+from .parameters import (
+    backbone_stages,
+    first_trainable_block,
+    freeze_modules,
+    parameter_groups,
+    set_frozen_bn_eval,
+)
 from .rng import rng_state, seed_everything, set_rng_state
 from .schedule import learning_rate
 
@@ -350,8 +356,7 @@ class Trainer:
         backbone = self.model.backbone
         stages = backbone_stages(backbone)
         freeze = cfg.model.freeze_backbone
-        # The stem is stage 0: with k stages frozen, blocks[k - 1] is the first that trains.
-        first_trainable = None if freeze < 0 or freeze >= len(stages) else freeze - 1
+        first_trainable = None if freeze < 0 or freeze >= len(stages) else first_trainable_block(freeze)
         if first_trainable is not None and first_trainable < 0:
             raise TrainingError(
                 "data.cache_features needs the backbone frozen: set model.freeze_backbone=-1 "

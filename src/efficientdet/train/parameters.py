@@ -24,6 +24,13 @@ def freeze_modules(modules: list[nn.Module]) -> list[nn.Module]:
     return modules
 
 
+def first_trainable_block(frozen_stages: int) -> int:
+    """The index in ``backbone.blocks`` of the first block that trains when the first
+    ``frozen_stages`` stages of :func:`backbone_stages` are frozen: the stem is stage 0, so
+    ``blocks[frozen_stages - 1]`` (-1 when nothing is frozen)."""
+    return frozen_stages - 1
+
+
 def set_frozen_bn_eval(modules: list[nn.Module]) -> None:
     for m in modules:
         for sub in m.modules():
